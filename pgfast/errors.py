@@ -2,12 +2,10 @@
 
 ``pgfast.errors.UniqueViolation`` is ``psycopg.errors.UniqueViolation``, and
 so on for every SQLSTATE; ``lookup(sqlstate)`` finds a class by its code.
-pgfast's own errors (``pgfast.Error`` and its subclasses) are here too.
+pgfast's own errors are ``pgfast.Error`` and its subclasses.
 """
 
 from psycopg.errors import *  # noqa: F403
 from psycopg.errors import lookup
 
-from ._exceptions import ConfigurationError, Error, PoolClosedError, PoolTimeoutError
-
-__all__ = ["ConfigurationError", "Error", "PoolClosedError", "PoolTimeoutError", "lookup"]
+__all__ = ["lookup"]
