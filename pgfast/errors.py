@@ -6,6 +6,4 @@ pgfast's own errors are ``pgfast.Error`` and its subclasses.
 """
 
 from psycopg.errors import *  # noqa: F403
-from psycopg.errors import lookup
-
-__all__ = ["lookup"]
+from psycopg.errors import lookup as lookup
