@@ -67,6 +67,8 @@ def _extensions() -> list[Extension]:
     from Cython.Build import cythonize
 
     sources = sorted((HERE / "src").glob("*.pyx"))
+    if not sources:
+        raise SystemExit("pgfast: no src/*.pyx found: this source tree or sdist is incomplete")
     only = {n.strip() for n in os.environ.get("PGFAST_BUILD_ONLY", "").split(",") if n.strip()}
     if only:
         sources = [s for s in sources if s.stem in only]
