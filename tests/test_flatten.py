@@ -1,0 +1,301 @@
+"""The ``_flatten`` twins: records to per-column lists and row tuples, compiled vs pure."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from decimal import Decimal
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+import pytest
+from conftest import IMPLS, twin
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.nodb
+
+COLUMNS = ["id", "name", "score"]
+
+
+@pytest.fixture
+def flat(impl: str) -> ModuleType:
+    return twin("_flatten", impl)
+
+
+class Record(Mapping[str, Any]):
+    """A mapping that is not a dict."""
+
+    def __init__(self, **values: Any) -> None:
+        self._values = values
+
+    def __getitem__(self, key: str) -> Any:
+        return self._values[key]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+
+def test_dicts_become_columns_in_record_order(flat: ModuleType) -> None:
+    records = [{"id": 1, "name": "a", "score": 1.5}, {"score": 2.5, "id": 2, "name": "b"}]
+    assert flat.records_to_columns(records, COLUMNS) == [[1, 2], ["a", "b"], [1.5, 2.5]]
+
+
+def test_missing_key_is_none(flat: ModuleType) -> None:
+    records = [{"id": 1}, {"name": "b"}, {}]
+    assert flat.records_to_columns(records, COLUMNS) == [
+        [1, None, None],
+        [None, "b", None],
+        [None, None, None],
+    ]
+
+
+@pytest.mark.parametrize(
+    "record",
+    [OrderedDict(id=1, name="a"), Record(id=1, name="a"), MappingProxyType({"id": 1, "name": "a"})],
+    ids=["dict-subclass", "mapping", "mappingproxy"],
+)
+def test_any_mapping_is_a_record(flat: ModuleType, record: Mapping[str, Any]) -> None:
+    assert flat.records_to_columns([record], COLUMNS) == [[1], ["a"], [None]]
+    assert flat.record_to_row(record, COLUMNS) == (1, "a", None)
+
+
+def test_tuples_and_lists_are_positional(flat: ModuleType) -> None:
+    rows = [(1, "a", 1.5), [2, "b", None]]
+    assert flat.records_to_columns(rows, COLUMNS) == [[1, 2], ["a", "b"], [1.5, None]]
+    assert flat.tuples_to_columns(rows, 3) == [[1, 2], ["a", "b"], [1.5, None]]
+    assert flat.records_to_rows(rows, COLUMNS) == [(1, "a", 1.5), (2, "b", None)]
+
+
+def test_values_are_the_same_objects(flat: ModuleType) -> None:
+    payload = {"nested": [1, 2]}
+    [column] = flat.records_to_columns([{"doc": payload}], ["doc"])
+    assert column[0] is payload
+
+
+def test_empty_inputs(flat: ModuleType) -> None:
+    assert flat.records_to_columns([], COLUMNS) == [[], [], []]
+    assert flat.tuples_to_columns([], 2) == [[], []]
+    assert flat.records_to_rows([], COLUMNS) == []
+    assert flat.keys_of([]) == []
+    assert flat.records_to_columns([{}, {}], []) == []
+
+
+def test_any_iterable_of_records(flat: ModuleType) -> None:
+    records = ({"id": i} for i in range(3))
+    assert flat.records_to_columns(records, ["id"]) == [[0, 1, 2]]
+    assert flat.tuples_to_columns(iter([(1,), (2,)]), 1) == [[1, 2]]
+
+
+def test_unknown_key_names_key_and_index(flat: ModuleType) -> None:
+    records = [{"id": 1}, {"id": 2, "nmae": "typo"}]
+    with pytest.raises(ValueError, match=r"record 1 has key 'nmae'.*\['id', 'name', 'score'\]"):
+        flat.records_to_columns(records, COLUMNS)
+    with pytest.raises(ValueError, match="record 1 has key 'nmae'"):
+        flat.records_to_rows(records, COLUMNS)
+    with pytest.raises(ValueError, match="record 7 has key 'nmae'"):
+        flat.record_to_row(records[1], COLUMNS, 7)
+    with pytest.raises(ValueError, match="record 0 has key 'x'"):
+        flat.records_to_columns([Record(id=1, x=2)], COLUMNS)
+
+
+def test_non_record_is_type_error_naming_index(flat: ModuleType) -> None:
+    with pytest.raises(TypeError, match="record 2 is of type str, not a mapping"):
+        flat.records_to_columns([{}, (1, 2, 3), "abc"], COLUMNS)
+    with pytest.raises(TypeError, match="record 1 is of type dict"):
+        flat.tuples_to_columns([(1,), {"a": 1}], 1)
+    with pytest.raises(TypeError, match="record 0 is of type int"):
+        flat.keys_of([5])
+
+
+def test_wrong_length_names_index_and_lengths(flat: ModuleType) -> None:
+    with pytest.raises(ValueError, match=r"record 1 has 2 values, expected 3"):
+        flat.records_to_columns([(1, 2, 3), (1, 2)], COLUMNS)
+    with pytest.raises(ValueError, match=r"record 0 has 4 values, expected 3"):
+        flat.tuples_to_columns([(1, 2, 3, 4)], 3)
+    with pytest.raises(ValueError, match=r"record 5 has 1 values, expected 3"):
+        flat.records_to_rows([(1,)], COLUMNS, 5)
+
+
+@pytest.mark.parametrize(
+    ("columns", "error", "message"),
+    [
+        ("id", TypeError, "columns must be a list"),
+        (["id", 3], TypeError, "column names must be strings"),
+        (["id", "id"], ValueError, "column 'id' is listed twice"),
+    ],
+)
+def test_bad_columns(flat: ModuleType, columns: Any, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        flat.records_to_columns([], columns)
+    with pytest.raises(error, match=message):
+        flat.record_to_row({}, columns)
+
+
+@pytest.mark.parametrize("count", [-1, 1.0, True])
+def test_bad_column_count(flat: ModuleType, count: Any) -> None:
+    with pytest.raises((TypeError, ValueError), match="column_count"):
+        flat.tuples_to_columns([], count)
+
+
+def test_keys_of_first_record(flat: ModuleType) -> None:
+    assert flat.keys_of([{"b": 1, "a": 2}, {"c": 3}]) == ["b", "a"]
+
+
+def test_batch_ends_by_rows(flat: ModuleType) -> None:
+    columns = [list(range(10)), [None] * 10]
+    assert flat.batch_ends(columns, 4, 1 << 20) == [4, 8, 10]
+    assert flat.batch_ends(columns, 10, 1 << 20) == [10]
+    assert flat.batch_ends([[], []], 4, 100) == []
+    assert flat.batch_ends([], 4, 100) == []
+
+
+def test_batch_ends_by_bytes(flat: ModuleType) -> None:
+    # Each row: two 4-byte element headers + 10 ASCII chars + an 8-byte int = 26.
+    columns = [["x" * 10] * 5, [1] * 5]
+    assert flat.batch_ends(columns, 100, 52) == [2, 4, 5]
+    # Non-ASCII text counts 4 bytes a character, bytes 2 (hex).
+    assert flat.batch_ends([["é" * 10] * 3], 100, 44) == [1, 2, 3]
+    assert flat.batch_ends([[b"x" * 10] * 3], 100, 48) == [2, 3]
+    # A row larger than the budget still gets a batch of its own.
+    assert flat.batch_ends([["y" * 100, "z"]], 100, 10) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (([[1]], 0, 10), "max_rows"),
+        (([[1]], 1, 0), "max_bytes"),
+        (([[1], [1, 2]], 1, 10), "same length"),
+        (([(1,)], 1, 10), "per-column lists"),
+    ],
+)
+def test_batch_ends_errors(flat: ModuleType, args: tuple[Any, ...], message: str) -> None:
+    with pytest.raises((TypeError, ValueError), match=message):
+        flat.batch_ends(*args)
+
+
+def test_equal_but_distinct_key_objects(flat: ModuleType) -> None:
+    # Keys built at run time are not the column objects: found by lookup, not identity.
+    records = [{"".join(["na", "me"]): "a", "".join(["i", "d"]): 1}, {"score": 2, "id": 3}]
+    assert flat.records_to_columns(records, COLUMNS) == [[1, 3], ["a", None], [None, 2]]
+    with pytest.raises(ValueError, match="record 0 has key 'x'"):
+        flat.records_to_columns([{"id": 1, "x": 2, "name": 3}], COLUMNS)
+
+
+def test_array_literal(flat: ModuleType) -> None:
+    values = [1, -2, None, True, False, 1.5, float("inf"), "", "NULL", 'a"b\\c', "{x, y}"]
+    assert flat.array_literal(values, None) == (
+        '{1,-2,NULL,t,f,1.5,inf,"","NULL","a\\"b\\\\c","{x, y}"}'
+    )
+    assert flat.array_literal([], None) == "{}"
+
+
+def test_array_literal_default(flat: ModuleType) -> None:
+    def default(value: object) -> str | None:
+        return f"<{value}>" if isinstance(value, Decimal) else None
+
+    assert flat.array_literal([Decimal("1.5"), 2], default) == '{"<1.5>",2}'
+    assert flat.array_literal([1, object()], default) is None
+    assert flat.array_literal([Decimal(1)], None) is None
+    with pytest.raises(TypeError, match="default\\(\\) must return a str or None, not int"):
+        flat.array_literal([Decimal(1)], lambda value: 5)
+    with pytest.raises(TypeError, match="values must be a list, not tuple"):
+        flat.array_literal((1,), None)
+
+
+# --- compiled vs pure parity -------------------------------------------------------------
+
+KEYS = ["a", "b", "c", "d"]
+values = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=8),
+    st.binary(max_size=8),
+    st.lists(st.integers(), max_size=3),
+)
+records = st.one_of(
+    st.dictionaries(st.sampled_from([*KEYS, "zz"]), values, max_size=5),
+    st.lists(values, min_size=2, max_size=4).map(tuple),
+    st.sampled_from([None, 7, "text"]),
+)
+column_sets = st.lists(st.sampled_from(KEYS), min_size=0, max_size=4, unique=True)
+
+
+def outcome(fn: Callable[..., Any], *args: Any) -> tuple[str, Any]:
+    try:
+        return "ok", fn(*args)
+    except (TypeError, ValueError) as exc:
+        return type(exc).__name__, str(exc)
+
+
+needs_both = pytest.mark.skipif(len(IMPLS) < 2, reason="compiled twin disabled")
+
+
+@needs_both
+@settings(max_examples=300, deadline=None)
+@given(st.lists(records, max_size=6), column_sets)
+def test_parity_records(batch: list[Any], columns: list[str]) -> None:
+    compiled, pure = twin("_flatten", "cython"), twin("_flatten", "python")
+    for name in ("records_to_columns", "records_to_rows"):
+        assert outcome(getattr(compiled, name), batch, columns) == outcome(
+            getattr(pure, name), batch, columns
+        )
+    for index, record in enumerate(batch):
+        assert outcome(compiled.record_to_row, record, columns, index) == outcome(
+            pure.record_to_row, record, columns, index
+        )
+    assert outcome(compiled.keys_of, batch) == outcome(pure.keys_of, batch)
+    assert outcome(compiled.tuples_to_columns, batch, len(columns)) == outcome(
+        pure.tuples_to_columns, batch, len(columns)
+    )
+
+
+@needs_both
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=3).flatmap(
+        lambda width: st.integers(min_value=0, max_value=12).flatmap(
+            lambda count: st.lists(
+                st.lists(values, min_size=count, max_size=count), min_size=width, max_size=width
+            )
+        )
+    ),
+    st.integers(min_value=1, max_value=5),
+    st.integers(min_value=1, max_value=200),
+)
+def test_parity_batch_ends(columns: list[list[Any]], max_rows: int, max_bytes: int) -> None:
+    compiled, pure = twin("_flatten", "cython"), twin("_flatten", "python")
+    ends = compiled.batch_ends(columns, max_rows, max_bytes)
+    assert ends == pure.batch_ends(columns, max_rows, max_bytes)
+    count = len(columns[0]) if columns else 0
+    assert ends == sorted(set(ends))
+    assert (ends[-1] if ends else 0) == count
+    assert all(b - a <= max_rows for a, b in zip([0, *ends], ends, strict=False))
+
+
+def decimal_text(value: object) -> str | None:
+    return str(value) if isinstance(value, Decimal) else None
+
+
+@needs_both
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(values, st.decimals(allow_nan=False), st.floats(), st.sampled_from([object])),
+        max_size=8,
+    ),
+    st.sampled_from([None, decimal_text]),
+)
+def test_parity_array_literal(
+    items: list[Any], default: Callable[[Any], str | None] | None
+) -> None:
+    compiled, pure = twin("_flatten", "cython"), twin("_flatten", "python")
+    assert outcome(compiled.array_literal, items, default) == outcome(
+        pure.array_literal, items, default
+    )
