@@ -1,0 +1,529 @@
+# cython: autotestdict=False
+"""Compiled twin of ``pgfast._compose_py``: safe SQL fragments and ``$n`` numbering.
+
+An ``SQLQuery`` is a node of an immutable tree: ``literals`` (SQL text)
+interleaved with ``values`` (one fewer), each a bound parameter or a spliced
+``SQLQuery``. Composing only stores references; ``format()`` walks the tree
+once, without recursion so that deep trees are fine, numbers the parameters
+``$1..$n`` in order of appearance and caches the result on the query.
+"""
+
+cimport cython
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport PyObject, Py_INCREF
+from cpython.list cimport PyList_New, PyList_SET_ITEM
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.unicode cimport (
+    PyUnicode_CopyCharacters,
+    PyUnicode_DATA,
+    PyUnicode_GET_LENGTH,
+    PyUnicode_KIND,
+    PyUnicode_New,
+    PyUnicode_WRITE,
+)
+from libc.string cimport memcpy
+
+
+cdef extern from "Python.h":
+    Py_UCS4 PyUnicode_MAX_CHAR_VALUE(str text)
+
+import sys
+from _string import formatter_parser
+from pathlib import Path
+
+if sys.version_info >= (3, 14):
+    from string.templatelib import Template
+
+    _TEMPLATE_TYPES = (Template,)
+else:
+    _TEMPLATE_TYPES = ()
+
+CACHE_SIZE = 1024
+MAX_IDENT_BYTES = 63
+SEPARATORS = ("", ",", ", ", " AND ", " OR ", ") AND (", ") OR (", ";", "\n")
+
+cdef object _MISSING = object()
+
+
+cdef struct _Frame:
+    # Borrowed: every node of the tree is kept alive by the root being rendered.
+    PyObject *node
+    Py_ssize_t index
+
+
+@cython.final
+@cython.freelist(64)
+@cython.trashcan(True)
+cdef class SQLQuery:
+    """An immutable piece of SQL with its bound parameters; build it with ``pgfast.sql``.
+
+    Two queries are equal when their formatted text and parameters are equal.
+    The ``repr`` shows the text and the number of parameters, never their
+    values, so it is safe to log.
+    """
+
+    cdef tuple _literals
+    cdef tuple _values
+    cdef Py_ssize_t _n_literals  # in the whole tree
+    cdef Py_ssize_t _n_params  # in the whole tree
+    cdef str _text
+    cdef list _params
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("SQLQuery objects are built with pgfast.sql(...)")
+
+    def __setattr__(self, name, value):
+        raise AttributeError("SQLQuery objects are immutable")
+
+    def __delattr__(self, name):
+        raise AttributeError("SQLQuery objects are immutable")
+
+    cdef inline int _format(self) except -1:
+        cdef list params
+        if self._text is None:
+            params = PyList_New(self._n_params)
+            self._text = _render(self, params)
+            self._params = params
+        return 0
+
+    def format(self):
+        """The SQL text with ``$1..$n`` placeholders, and the parameter values in order."""
+        self._format()
+        return self._text, self._params[:]
+
+    def __add__(self, other):
+        if type(other) is not SQLQuery:
+            _concat_error(other)
+        return _new(_EMPTY3, (self, other))
+
+    def __radd__(self, other):
+        _concat_error(other)
+
+    def __eq__(self, other):
+        if type(other) is not SQLQuery:
+            return NotImplemented
+        self._format()
+        (<SQLQuery>other)._format()
+        return (self._text == (<SQLQuery>other)._text
+                and self._params == (<SQLQuery>other)._params)
+
+    def __hash__(self):
+        self._format()
+        return hash(self._text)
+
+    def __repr__(self):
+        self._format()
+        cdef Py_ssize_t count = len(self._params)
+        return f"<SQLQuery {self._text!r} ({count} param{'' if count == 1 else 's'})>"
+
+    def __reduce__(self):
+        return _restore, (self._literals, self._values)
+
+
+cdef tuple _EMPTY1 = ("",)
+cdef tuple _EMPTY2 = ("", "")
+cdef tuple _EMPTY3 = ("", "", "")
+
+
+cdef inline SQLQuery _new(tuple literals, tuple values):
+    cdef SQLQuery query = SQLQuery.__new__(SQLQuery)
+    cdef Py_ssize_t n_literals = len(literals), n_params = 0
+    for value in values:
+        if type(value) is SQLQuery:
+            n_literals += (<SQLQuery>value)._n_literals
+            n_params += (<SQLQuery>value)._n_params
+        else:
+            n_params += 1
+    query._literals = literals
+    query._values = values
+    query._n_literals = n_literals
+    query._n_params = n_params
+    return query
+
+
+def _restore(tuple literals, tuple values):
+    """Unpickle an ``SQLQuery``, checking its shape (rendering trusts it)."""
+    if len(literals) != len(values) + 1 or not all([type(x) is str for x in literals]):
+        raise ValueError("not a pickled SQLQuery: literals and values do not match")
+    return _new(literals, values)
+
+
+cdef int _concat_error(object other) except -1:
+    raise TypeError(
+        f"can only concatenate SQLQuery to SQLQuery, not {type(other).__name__!r}; "
+        "build SQL text with pgfast.sql(...)"
+    )
+
+
+cdef inline Py_ssize_t _digits(Py_ssize_t number) noexcept:
+    cdef Py_ssize_t digits = 1
+    while number >= 10:
+        number //= 10
+        digits += 1
+    return digits
+
+
+cdef str _render(SQLQuery root, list params):
+    """The text with ``$n`` placeholders; fills ``params`` (made with room for them all).
+
+    A depth-first walk collects the tree's literals, in order, into a C array
+    (NULL where a parameter goes) while summing the text's length and widest
+    character kind; the text is then written once into a new string.
+    """
+    cdef Py_ssize_t n_pieces = root._n_literals + root._n_params
+    cdef PyObject **pieces = <PyObject **>PyMem_Malloc(n_pieces * sizeof(PyObject *))
+    cdef _Frame small[32]
+    cdef _Frame *stack = small
+    cdef _Frame *grown
+    cdef Py_ssize_t depth = 0, capacity = 32, index = 0, count = 0, position = 1
+    cdef Py_ssize_t length = 0, size, digits, number, at
+    cdef Py_UCS4 maxchar = 127
+    cdef SQLQuery node = root
+    cdef tuple literals = node._literals
+    cdef tuple values = node._values
+    cdef Py_ssize_t n = len(values)
+    cdef PyObject *piece
+    cdef object value
+    cdef str text
+    cdef unsigned int kind
+    cdef char *data
+    if pieces == NULL:
+        raise MemoryError()
+    try:
+        pieces[0] = <PyObject *>literals[0]
+        while True:
+            if index < n:
+                value = values[index]
+                index += 1
+                if type(value) is SQLQuery:
+                    if depth == capacity:
+                        grown = <_Frame *>PyMem_Malloc(2 * capacity * sizeof(_Frame))
+                        if grown == NULL:
+                            raise MemoryError()
+                        memcpy(grown, stack, capacity * sizeof(_Frame))
+                        if stack != small:
+                            PyMem_Free(stack)
+                        stack = grown
+                        capacity *= 2
+                    stack[depth].node = <PyObject *>node
+                    stack[depth].index = index
+                    depth += 1
+                    node = <SQLQuery>value
+                    index = 0
+                else:
+                    Py_INCREF(value)
+                    PyList_SET_ITEM(params, count, value)
+                    count += 1
+                    length += 1 + _digits(count)
+                    pieces[position] = NULL
+                    pieces[position + 1] = <PyObject *>literals[index]
+                    position += 2
+                    continue
+            elif depth:
+                depth -= 1
+                node = <SQLQuery>stack[depth].node
+                index = stack[depth].index
+            else:
+                break
+            # Entered a child (index 0) or returned to a parent: its next literal.
+            literals = node._literals
+            values = node._values
+            n = len(values)
+            pieces[position] = <PyObject *>literals[index]
+            position += 1
+
+        for index in range(n_pieces):
+            piece = pieces[index]
+            if piece != NULL:
+                length += PyUnicode_GET_LENGTH(<str>piece)
+                if PyUnicode_MAX_CHAR_VALUE(<str>piece) > maxchar:
+                    maxchar = PyUnicode_MAX_CHAR_VALUE(<str>piece)
+        text = PyUnicode_New(length, maxchar)
+        kind = PyUnicode_KIND(text)
+        data = <char *>PyUnicode_DATA(text)
+        position = 0
+        number = 0
+        for index in range(n_pieces):
+            piece = pieces[index]
+            if piece == NULL:
+                number += 1
+                PyUnicode_WRITE(kind, data, position, 36)  # "$"
+                digits = _digits(number)
+                size = number
+                for at in range(position + digits, position, -1):
+                    PyUnicode_WRITE(kind, data, at, 48 + size % 10)  # "0" + digit
+                    size //= 10
+                position += 1 + digits
+                continue
+            size = PyUnicode_GET_LENGTH(<str>piece)
+            if size == 0:
+                continue
+            if PyUnicode_KIND(<str>piece) == kind:
+                memcpy(data + position * kind, PyUnicode_DATA(<str>piece), size * kind)
+            else:
+                PyUnicode_CopyCharacters(text, position, <str>piece, 0, size)
+            position += size
+        return text
+    finally:
+        PyMem_Free(pieces)
+        if stack != small:
+            PyMem_Free(stack)
+
+
+@cython.final
+cdef class _Parsed:
+    """A checked template: ``literals`` has one more item than ``keys``."""
+
+    cdef tuple literals
+    cdef tuple keys
+    cdef Py_ssize_t n_pos  # how many positional arguments the fields need
+    cdef bint in_order  # the fields are exactly the positional arguments, in order
+    cdef bint complete  # the fields use every positional index below n_pos
+    cdef frozenset names
+    cdef bint auto
+
+
+cdef dict _cache = {}
+
+
+cdef str _label(str field, str spec, object conversion):
+    return ("{" + field + (f"!{conversion}" if conversion else "")
+            + (f":{spec}" if spec else "") + "}")
+
+
+cdef _Parsed _parse(str template):
+    """Split a template into literals and field keys, checking every field."""
+    cdef list literals = []
+    cdef list keys = []
+    cdef object auto = None
+    cdef Py_ssize_t n_auto = 0
+    cdef str literal = ""
+    cdef str label
+    cdef _Parsed parsed
+    try:
+        items = list(formatter_parser(template))
+    except ValueError as exc:
+        raise ValueError(f"sql(): invalid template {template!r}: {exc}") from None
+    for text, field, spec, conversion in items:
+        literal += text
+        if field is None:
+            continue
+        label = _label(field, spec, conversion)
+        if conversion is not None or spec:
+            raise ValueError(
+                f"sql(): field {label} has a "
+                f"{'conversion' if conversion is not None else 'format spec'}; values are "
+                "sent as parameters, so conversions and format specs are not supported"
+            )
+        if field == "" or (field.isascii() and field.isdigit()):
+            if auto is None:
+                auto = field == ""
+            elif auto != (field == ""):
+                raise ValueError(
+                    f"sql(): field {label}: cannot mix automatic field numbering {{}} "
+                    "with manual field numbering {0} in one template"
+                )
+            key = n_auto if auto else int(field)
+            n_auto += 1
+        elif field.isidentifier():
+            key = field
+        else:
+            raise ValueError(
+                f"sql(): field {label} is not a name or a number; attribute and "
+                "index lookups are not supported, pass the value itself"
+            )
+        literals.append(literal)
+        keys.append(key)
+        literal = ""
+    literals.append(literal)
+    positions = [key for key in keys if isinstance(key, int)]
+    parsed = _Parsed.__new__(_Parsed)
+    parsed.literals = tuple(literals)
+    parsed.keys = tuple(keys)
+    parsed.n_pos = max(positions) + 1 if positions else 0
+    parsed.in_order = positions == list(range(len(keys)))
+    parsed.complete = len(set(positions)) == parsed.n_pos
+    parsed.names = frozenset([key for key in keys if isinstance(key, str)])
+    parsed.auto = bool(auto)
+    return parsed
+
+
+cdef int _argument_error(_Parsed parsed, tuple args, dict kwargs) except -1:
+    """Raise the error naming the first field or argument that does not match."""
+    for key in parsed.keys:
+        if isinstance(key, int) and key >= len(args):
+            label = f"{{}} (#{key + 1})" if parsed.auto else f"{{{key}}}"
+            raise TypeError(
+                f"sql(): missing argument for field {label}: the template takes "
+                f"{parsed.n_pos} positional argument(s), got {len(args)}"
+            )
+        if isinstance(key, str) and key not in kwargs:
+            raise TypeError(f"sql(): missing keyword argument {key!r} for field {{{key}}}")
+    for index in range(len(args)):
+        if index not in parsed.keys:
+            raise TypeError(
+                f"sql(): positional argument {index} is not used by any field of the "
+                f"template, which takes {parsed.n_pos} positional argument(s)"
+            )
+    for name in kwargs:
+        if name not in parsed.names:
+            raise TypeError(f"sql(): keyword argument {name!r} is not used by any field")
+    raise AssertionError("unreachable: the arguments match the template")
+
+
+cpdef SQLQuery compose(object template, tuple args, dict kwargs):
+    """``sql(template, *args, **kwargs)`` for a plain string template."""
+    cdef _Parsed parsed
+    cdef tuple keys, values
+    cdef Py_ssize_t i, n
+    if not isinstance(template, str):
+        raise TypeError(
+            "sql() template must be a str (or a t-string on Python 3.14+), "
+            f"not {type(template).__name__!r}"
+        )
+    found = _cache.get(template)
+    if found is None:
+        parsed = _parse(template)
+        if len(_cache) >= CACHE_SIZE:
+            _cache.clear()
+        _cache[template] = parsed
+    else:
+        parsed = <_Parsed>found
+    if len(kwargs) != len(parsed.names):
+        _argument_error(parsed, args, kwargs)
+    if parsed.in_order and len(args) == parsed.n_pos:
+        return _new(parsed.literals, args)
+    if len(args) != parsed.n_pos or not parsed.complete:
+        _argument_error(parsed, args, kwargs)
+    keys = parsed.keys
+    n = len(keys)
+    values = PyTuple_New(n)
+    for i in range(n):
+        key = keys[i]
+        if type(key) is int:
+            value = args[<Py_ssize_t>key]
+        else:
+            value = kwargs.get(key, _MISSING)
+            if value is _MISSING:
+                _argument_error(parsed, args, kwargs)
+        Py_INCREF(value)
+        PyTuple_SET_ITEM(values, i, value)
+    return _new(parsed.literals, values)
+
+
+cdef SQLQuery _compose_template(object template):
+    cdef list values = []
+    for item in template.interpolations:
+        if item.conversion is not None or item.format_spec:
+            raise ValueError(
+                f"sql(): field {{{item.expression}}} has a conversion or format spec; "
+                "values are sent as parameters, so neither is supported"
+            )
+        values.append(item.value)
+    return _new(tuple(template.strings), tuple(values))
+
+
+cdef str _quote_ident(object name):
+    if not isinstance(name, str):
+        raise TypeError(f"sql.ident(): names must be str, not {type(name).__name__!r}")
+    if not name:
+        raise ValueError("sql.ident(): empty identifier")
+    if "\x00" in name:
+        raise ValueError(f"sql.ident(): identifier {name!r} contains a NUL character")
+    if len((<str>name).encode()) > MAX_IDENT_BYTES:
+        raise ValueError(
+            f"sql.ident(): identifier {name!r} is longer than {MAX_IDENT_BYTES} bytes "
+            "(PostgreSQL would truncate it)"
+        )
+    return '"' + (<str>name).replace('"', '""') + '"'
+
+
+cdef dict _ident_cache = {}
+cdef frozenset _SEPARATOR_SET = frozenset(SEPARATORS)
+
+
+def sql(template, /, *args, **kwargs):
+    """Build an ``SQLQuery`` from a template with ``{}``, ``{0}`` or ``{name}`` fields.
+
+    Helpers: ``sql.ident``, ``sql.value``, ``sql.unsafe``, ``sql.file``, ``sql.join``.
+    """
+    if type(template) is not str and isinstance(template, _TEMPLATE_TYPES):
+        if args or kwargs:
+            raise TypeError("sql(): a t-string template takes no other arguments")
+        return _compose_template(template)
+    return compose(template, args, kwargs)
+
+
+def ident(*names):
+    """A quoted, dot-separated identifier: ``ident("s", "t")`` is ``"s"."t"``."""
+    try:
+        query = _ident_cache.get(names)
+    except TypeError:  # an unhashable name: _quote_ident says what is wrong
+        query = None
+    if query is None:
+        if not names:
+            raise TypeError("sql.ident() needs at least one name")
+        query = _new((".".join([_quote_ident(name) for name in names]),), ())
+        if len(_ident_cache) >= CACHE_SIZE:
+            _ident_cache.clear()
+        _ident_cache[names] = query
+    return query
+
+
+def value(value):
+    """One bound parameter."""
+    if type(value) is SQLQuery:
+        raise TypeError("sql.value() got an SQLQuery; splice it with sql('{}', query)")
+    return _new(_EMPTY2, (value,))
+
+
+def unsafe(text):
+    """Raw SQL text, never escaped: for trusted text only."""
+    if not isinstance(text, str):
+        raise TypeError(f"sql.unsafe() takes a str, not {type(text).__name__!r}")
+    return _new((str(text),), ())
+
+
+def file(path):
+    """The UTF-8 text of the file at ``path``, as raw SQL."""
+    return unsafe(Path(path).read_text(encoding="utf-8"))
+
+
+def join(queries, separator=", "):
+    """The queries one after another, with ``separator`` between them."""
+    cdef tuple items
+    cdef list values
+    cdef Py_ssize_t index, n
+    if type(separator) is not SQLQuery and (
+            not isinstance(separator, str) or separator not in _SEPARATOR_SET):
+        raise ValueError(
+            f"sql.join(): separator {separator!r} is not allowed; use an SQLQuery "
+            f"or one of {', '.join([repr(s) for s in SEPARATORS])}"
+        )
+    items = tuple(queries)
+    n = len(items)
+    for index in range(n):
+        if type(items[index]) is not SQLQuery:
+            raise TypeError(
+                f"sql.join(): item {index} is a {type(items[index]).__name__!r}, "
+                "not an SQLQuery"
+            )
+    if n == 0:
+        return _new(_EMPTY1, ())
+    if type(separator) is SQLQuery:
+        values = [items[0]]
+        for index in range(1, n):
+            values.append(separator)
+            values.append(items[index])
+        return _new(_EMPTY1 * (2 * n), tuple(values))
+    return _new(_EMPTY1 + (separator,) * (n - 1) + _EMPTY1, items)
+
+
+for _helper in (ident, value, unsafe, file, join):
+    setattr(sql, _helper.__name__, _helper)
+del _helper
+
+
+def is_sql_query(value):
+    """Whether ``value`` is an ``SQLQuery``."""
+    return type(value) is SQLQuery

@@ -1,0 +1,191 @@
+"""Property tests: random fragment trees give the same text and params from both twins.
+
+A tree is drawn as plain data (a *recipe*), built with each implementation's
+``sql`` and checked against a reference model: the text and parameter list
+follow from the recipe alone, parameters are numbered ``$1..$n`` in order of
+appearance, and no value ever reaches the text.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from conftest import IMPLS, twin
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+pytestmark = pytest.mark.nodb
+
+# Literal SQL never contains MARK; every string value starts with it, so a value
+# that leaked into the text would be seen.
+MARK = "\u00a7"
+SEPARATORS = ["", ",", ", ", " AND ", " OR ", ") AND (", ") OR (", ";", "\n"]
+tricky = st.sampled_from(
+    ["$1", "$2", "{", "}", "{}", "{0}", "'", '"', "''", "\\", "--", "/*", "\x00"]
+)
+literal_text = (
+    st.lists(st.one_of(tricky.filter(lambda s: s != "\x00"), st.text(max_size=4)), max_size=3)
+    .map("".join)
+    .filter(lambda s: MARK not in s)
+)
+values = st.one_of(
+    st.lists(st.one_of(tricky, st.text(max_size=4)), max_size=3).map(lambda p: MARK + "".join(p)),
+    st.integers(),
+    st.none(),
+    st.floats(allow_nan=False),
+    st.lists(st.integers(), max_size=3),
+)
+names = st.text(min_size=1, max_size=8).filter(
+    lambda s: "\x00" not in s and MARK not in s and len(s.encode()) <= 63
+)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    kind: str  # "raw" (a plain argument), "value", "ident", "unsafe", "sql", "join", "add"
+    data: Any = None
+    children: tuple[Recipe, ...] = ()
+
+
+def _escape(text: str) -> str:
+    return text.replace("{", "{{").replace("}", "}}")
+
+
+@st.composite
+def _sql_node(draw: st.DrawFn, children: st.SearchStrategy[Recipe]) -> Recipe:
+    args = tuple(draw(st.lists(children, max_size=4)))
+    mode = draw(st.sampled_from(["auto", "manual", "named"]))
+    if mode == "auto":
+        order = list(range(len(args)))
+    else:  # fields may repeat an argument and come in any order; each is used
+        order = draw(st.permutations(range(len(args))))
+        order += draw(st.lists(st.sampled_from(order), max_size=2)) if order else []
+    literals = draw(st.lists(literal_text, min_size=len(order) + 1, max_size=len(order) + 1))
+    return Recipe("sql", (mode, tuple(order), tuple(literals)), args)
+
+
+def _leaf() -> st.SearchStrategy[Recipe]:
+    return st.one_of(
+        st.builds(Recipe, st.just("raw"), values),
+        st.builds(Recipe, st.just("value"), values),
+        st.builds(Recipe, st.just("ident"), st.lists(names, min_size=1, max_size=3).map(tuple)),
+        st.builds(Recipe, st.just("unsafe"), literal_text),
+    )
+
+
+def _extend(children: st.SearchStrategy[Recipe]) -> st.SearchStrategy[Recipe]:
+    queries = children.filter(lambda r: r.kind != "raw")
+    return st.one_of(
+        _sql_node(children),
+        st.builds(
+            lambda items, sep: Recipe("join", sep, tuple(items)),
+            st.lists(queries, max_size=4),
+            st.one_of(st.sampled_from(SEPARATORS), queries),
+        ),
+        st.builds(lambda a, b: Recipe("add", None, (a, b)), queries, queries),
+    )
+
+
+recipes = st.recursive(_leaf(), _extend, max_leaves=25).filter(lambda r: r.kind != "raw")
+
+
+def build(sql: Any, recipe: Recipe) -> Any:
+    """The recipe as an ``SQLQuery`` (or, for "raw", as a plain argument)."""
+    kind, data, children = recipe.kind, recipe.data, recipe.children
+    if kind == "raw":
+        return data
+    if kind == "value":
+        return sql.value(data)
+    if kind == "ident":
+        return sql.ident(*data)
+    if kind == "unsafe":
+        return sql.unsafe(data)
+    if kind == "add":
+        return build(sql, children[0]) + build(sql, children[1])
+    if kind == "join":
+        sep = data if isinstance(data, str) else build(sql, data)
+        return sql.join([build(sql, child) for child in children], sep)
+    mode, order, literals = data
+    args = [build(sql, child) for child in children]
+    fields = {"auto": "{}", "manual": "{%d}", "named": "{a%d}"}[mode]
+    template = _escape(literals[0])
+    for index, literal in zip(order, literals[1:], strict=True):
+        template += (fields % index if "%" in fields else fields) + _escape(literal)
+    if mode == "named":
+        return sql(template, **{f"a{i}": arg for i, arg in enumerate(args)})
+    return sql(template, *args)
+
+
+def model(recipe: Recipe) -> list[tuple[str, Any]]:
+    """The reference: the recipe as ("text", str) and ("param", value) tokens."""
+    kind, data, children = recipe.kind, recipe.data, recipe.children
+    if kind in ("raw", "value"):
+        return [("param", data)]
+    if kind == "ident":
+        return [("text", ".".join('"' + n.replace('"', '""') + '"' for n in data))]
+    if kind == "unsafe":
+        return [("text", data)]
+    if kind == "add":
+        return model(children[0]) + model(children[1])
+    if kind == "join":
+        sep = [("text", data)] if isinstance(data, str) else model(data)
+        tokens: list[tuple[str, Any]] = []
+        for index, child in enumerate(children):
+            tokens += (sep if index else []) + model(child)
+        return tokens
+    _, order, literals = data
+    tokens = [("text", literals[0])]
+    for index, literal in zip(order, literals[1:], strict=True):
+        tokens += [*model(children[index]), ("text", literal)]
+    return tokens
+
+
+def render(tokens: list[tuple[str, Any]]) -> tuple[str, list[Any]]:
+    text, params = [], []
+    for kind, item in tokens:
+        if kind == "param":
+            params.append(item)
+            text.append(f"${len(params)}")
+        else:
+            text.append(item)
+    return "".join(text), params
+
+
+@settings(max_examples=300, deadline=None)
+@given(recipes)
+def test_twins_agree_with_the_model(recipe: Recipe) -> None:
+    expected = render(model(recipe))
+    results = {impl: build(twin("_compose", impl).sql, recipe).format() for impl in IMPLS}
+    for impl, (text, params) in results.items():
+        assert (text, params) == expected, impl
+        assert MARK not in text, impl
+    assert len(set(map(repr, results.values()))) == 1
+
+
+@settings(max_examples=100, deadline=None)
+@given(recipes, recipes)
+def test_twins_agree_on_equality(first: Recipe, second: Recipe) -> None:
+    same = render(model(first)) == render(model(second))
+    for impl in IMPLS:
+        sql = twin("_compose", impl).sql
+        a, b = build(sql, first), build(sql, second)
+        assert (a == b) is same, impl
+        assert MARK not in repr(a), impl
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30))
+def test_twins_agree_on_any_template(template: str) -> None:
+    """Any string: both twins build the same query or raise the same error."""
+    outcomes = []
+    for impl in IMPLS:
+        sql = twin("_compose", impl).sql
+        try:
+            outcomes.append(("ok", sql(template).format()))
+        except (TypeError, ValueError) as exc:
+            outcomes.append((type(exc).__name__, str(exc)))
+    assert all(outcome == outcomes[0] for outcome in outcomes)
+    if outcomes[0][0] == "ok":
+        assert outcomes[0][1] == (template.replace("{{", "{").replace("}}", "}"), [])

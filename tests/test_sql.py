@@ -1,0 +1,396 @@
+"""``pgfast.sql`` (API.md §1): one suite, run over the compiled and the pure twin."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import re
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import twin
+
+import pgfast._impl
+import pgfast._sql
+
+nodb = pytest.mark.nodb
+
+
+@pytest.fixture
+def mod(impl: str) -> ModuleType:
+    return twin("_compose", impl)
+
+
+@pytest.fixture
+def sql(mod: ModuleType) -> Any:
+    return mod.sql
+
+
+@nodb
+class TestTemplates:
+    def test_api_example(self, sql: Any) -> None:
+        q = sql("SELECT * FROM users WHERE id = {} AND org = {org}", 10, org="acme")
+        assert q.format() == ("SELECT * FROM users WHERE id = $1 AND org = $2", [10, "acme"])
+
+    def test_manual_numbering_follows_the_text(self, sql: Any) -> None:
+        q = sql("a = {1} AND b = {0}", "zero", "one")
+        assert q.format() == ("a = $1 AND b = $2", ["one", "zero"])
+
+    def test_a_value_used_twice_is_two_params(self, sql: Any) -> None:
+        assert sql("{0} + {0} + {x} + {x}", 7, x=8).format() == (
+            "$1 + $2 + $3 + $4",
+            [7, 7, 8, 8],
+        )
+
+    def test_literal_braces(self, sql: Any) -> None:
+        q = sql("SELECT '{{}}', '{{a}}' || {}, '}}{{'", 1)
+        assert q.format() == ("SELECT '{}', '{a}' || $1, '}{'", [1])
+
+    def test_no_fields(self, sql: Any) -> None:
+        assert sql("SELECT 1").format() == ("SELECT 1", [])
+        assert sql("").format() == ("", [])
+
+    def test_text_is_verbatim(self, sql: Any) -> None:
+        template = "\n    SELECT *\n\tFROM t  \n  WHERE a = {}   \n\n"
+        assert sql(template, 1).format()[0] == "\n    SELECT *\n\tFROM t  \n  WHERE a = $1   \n\n"
+
+    def test_text_of_every_character_width(self, sql: Any) -> None:
+        q = sql("😀 {} a {} é {} € {}", 1, sql.unsafe("ü"), sql.ident("表"), sql("{}", 2))
+        assert q.format() == ('😀 $1 a ü é "表" € $2', [1, 2])
+        assert sql("a {} é", sql.unsafe("€")).format() == ("a € é", [])
+
+    def test_values_never_enter_the_text(self, sql: Any) -> None:
+        evil = "'; DROP TABLE users; -- $1 {} {{"
+        text, params = sql("SELECT {} AS {name}", evil, name=evil).format()
+        assert text == "SELECT $1 AS $2"
+        assert params == [evil, evil]
+
+    def test_any_value_is_one_param(self, sql: Any) -> None:
+        values = [None, 1.5, [1, 2], {"a": 1}, b"x", ("t",)]
+        q = sql(", ".join(["{}"] * len(values)), *values)
+        assert q.format() == (", ".join(f"${n}" for n in range(1, 7)), values)
+
+    def test_same_template_again_uses_the_cache_correctly(self, sql: Any) -> None:
+        template = "".join(["x = {}"])  # a distinct str object, equal to a cached one
+        assert sql("x = {}", 1).format() == ("x = $1", [1])
+        assert sql(template, 2).format() == ("x = $1", [2])
+
+    def test_more_templates_than_the_cache_holds(self, mod: ModuleType, sql: Any) -> None:
+        for n in range(mod.CACHE_SIZE + 50):
+            assert sql(f"SELECT {n} + {{}}", n).format() == (f"SELECT {n} + $1", [n])
+        assert sql("SELECT 0 + {}", 0).format() == ("SELECT 0 + $1", [0])
+
+
+@nodb
+class TestTemplateErrors:
+    @pytest.mark.parametrize(
+        ("template", "field"), [("{} {0}", "{0}"), ("{0} {}", "{}"), ("{a} {} {1}", "{1}")]
+    )
+    def test_mixing_auto_and_manual_numbering(self, sql: Any, template: str, field: str) -> None:
+        with pytest.raises(ValueError, match=re.escape(f"field {field}: cannot mix automatic")):
+            sql(template, 1, 2, a=3)
+
+    def test_missing_positional(self, sql: Any) -> None:
+        with pytest.raises(TypeError, match=r"missing argument for field \{\} \(#2\)"):
+            sql("{} {}", 1)
+        with pytest.raises(TypeError, match=r"missing argument for field \{2\}"):
+            sql("{0} {2} {1}", 1, 2)
+
+    def test_missing_keyword(self, sql: Any) -> None:
+        with pytest.raises(TypeError, match=r"missing keyword argument 'org' for field \{org\}"):
+            sql("{id} {org}", id=1)
+        with pytest.raises(TypeError, match=r"missing keyword argument 'org'"):
+            sql("{id} {org}", id=1, other=2)
+
+    def test_unused_positional(self, sql: Any) -> None:
+        with pytest.raises(TypeError, match="positional argument 2 is not used"):
+            sql("{} {}", 1, 2, 3)
+        with pytest.raises(TypeError, match="positional argument 1 is not used"):
+            sql("{0} {2}", 1, 2, 3)
+        with pytest.raises(TypeError, match="positional argument 0 is not used"):
+            sql("SELECT {x}", 1, x=2)
+
+    def test_unused_keyword(self, sql: Any) -> None:
+        with pytest.raises(TypeError, match="keyword argument 'extra' is not used"):
+            sql("{a}", a=1, extra=2)
+        with pytest.raises(TypeError, match="keyword argument 'extra' is not used"):
+            sql("{}", 1, extra=2)
+
+    @pytest.mark.parametrize(
+        ("template", "field"),
+        [("{x!r}", "{x!r}"), ("{!s}", "{!s}"), ("{0!a}", "{0!a}")],
+    )
+    def test_conversion(self, sql: Any, template: str, field: str) -> None:
+        with pytest.raises(ValueError, match=re.escape(f"field {field} has a conversion")):
+            sql(template, 1) if "x" not in template else sql(template, x=1)
+
+    @pytest.mark.parametrize(("template", "field"), [("{x:>3}", "{x:>3}"), ("{:d}", "{:d}")])
+    def test_format_spec(self, sql: Any, template: str, field: str) -> None:
+        with pytest.raises(ValueError, match=re.escape(f"field {field} has a format spec")):
+            sql(template, 1) if "x" not in template else sql(template, x=1)
+
+    @pytest.mark.parametrize("field", ["a.b", "a[0]", "0.real", " a", "1a"])
+    def test_lookups_and_odd_names(self, sql: Any, field: str) -> None:
+        with pytest.raises(ValueError, match="is not a name or a number") as info:
+            sql("SELECT {" + field + "}")
+        assert "{" + field + "}" in str(info.value)
+
+    @pytest.mark.parametrize("template", ["SELECT {", "SELECT }", "{x", "{x!}"])
+    def test_malformed(self, sql: Any, template: str) -> None:
+        with pytest.raises(ValueError, match="invalid template") as info:
+            sql(template)
+        assert repr(template) in str(info.value)
+
+    @pytest.mark.parametrize("template", [b"SELECT 1", None, 1, ["SELECT"]])
+    def test_template_must_be_str(self, sql: Any, template: object) -> None:
+        with pytest.raises(TypeError, match="template must be a str"):
+            sql(template)
+
+    def test_a_query_is_not_a_template(self, sql: Any) -> None:
+        with pytest.raises(TypeError, match="not 'SQLQuery'"):
+            sql(sql("SELECT 1"))
+
+
+@nodb
+class TestNesting:
+    def test_numbering_across_nesting(self, sql: Any) -> None:
+        inner = sql("b = {} AND c = {}", 2, 3)
+        middle = sql("a = {} AND ({inner}) AND d = {d}", 1, inner=inner, d=4)
+        outer = sql("SELECT {} WHERE {} AND e = {}", 0, middle, 5)
+        assert outer.format() == (
+            "SELECT $1 WHERE a = $2 AND (b = $3 AND c = $4) AND d = $5 AND e = $6",
+            [0, 1, 2, 3, 4, 5],
+        )
+        assert inner.format() == ("b = $1 AND c = $2", [2, 3])
+
+    def test_a_fragment_used_twice_is_spliced_twice(self, sql: Any) -> None:
+        f = sql("x = {}", 1)
+        assert sql("{0} OR {0}", f).format() == ("x = $1 OR x = $2", [1, 1])
+        assert sql("{} OR {}", f, f).format() == ("x = $1 OR x = $2", [1, 1])
+
+    def test_spliced_text_is_not_parsed_again(self, sql: Any) -> None:
+        raw = sql.unsafe("'{}' || '$1' || '{0}'")
+        assert sql("SELECT {}, {}", raw, 9).format() == ("SELECT '{}' || '$1' || '{0}', $1", [9])
+
+    def test_deep_trees_do_not_recurse(self, sql: Any) -> None:
+        q = sql.unsafe("SELECT 0")
+        for n in range(1, 20001):
+            q = q + sql(" + {}", n) if n % 2 else sql("{} + {}", q, n)
+        text, params = q.format()
+        assert params == list(range(1, 20001))
+        assert text.endswith(" + $19999 + $20000")
+        del q  # freeing a deep tree must not overflow the C stack either
+
+    def test_many_params(self, sql: Any) -> None:
+        q = sql.join([sql.value(n) for n in range(70000)])
+        text, params = q.format()
+        assert params == list(range(70000))
+        assert text.split(", ")[-3:] == ["$69998", "$69999", "$70000"]
+
+
+@nodb
+class TestHelpers:
+    @pytest.mark.parametrize(
+        ("names", "text"),
+        [
+            (("users",), '"users"'),
+            (("public", "users"), '"public"."users"'),
+            (('we"ird', "Mixed Case"), '"we""ird"."Mixed Case"'),
+            (("a", "b", "c"), '"a"."b"."c"'),
+            (("é" * 31 + "a",), '"' + "é" * 31 + 'a"'),
+        ],
+    )
+    def test_ident(self, sql: Any, names: tuple[str, ...], text: str) -> None:
+        assert sql.ident(*names).format() == (text, [])
+        assert sql("SELECT * FROM {}", sql.ident(*names)).format() == (f"SELECT * FROM {text}", [])
+
+    @pytest.mark.parametrize(
+        ("names", "error", "message"),
+        [
+            ((), TypeError, "at least one name"),
+            (("",), ValueError, "empty identifier"),
+            (("a", ""), ValueError, "empty identifier"),
+            (("a\x00b",), ValueError, "contains a NUL character"),
+            (("x" * 64,), ValueError, "longer than 63 bytes"),
+            (("é" * 32,), ValueError, "longer than 63 bytes"),
+            ((1,), TypeError, "names must be str, not 'int'"),
+            ((["a"],), TypeError, "names must be str, not 'list'"),
+        ],
+    )
+    def test_bad_ident(
+        self, sql: Any, names: tuple[Any, ...], error: type[Exception], message: str
+    ) -> None:
+        with pytest.raises(error, match=message):
+            sql.ident(*names)
+
+    def test_ident_of_63_bytes(self, sql: Any) -> None:
+        assert sql.ident("x" * 63).format()[0] == '"' + "x" * 63 + '"'
+
+    def test_value(self, sql: Any) -> None:
+        assert sql.value([1, 2]).format() == ("$1", [[1, 2]])
+        assert sql("a = {}", sql.value(5)).format() == ("a = $1", [5])
+        with pytest.raises(TypeError, match="got an SQLQuery"):
+            sql.value(sql("SELECT 1"))
+
+    def test_unsafe(self, sql: Any) -> None:
+        assert sql.unsafe("SELECT '{}' -- $1").format() == ("SELECT '{}' -- $1", [])
+        assert sql.unsafe("").format() == ("", [])
+        with pytest.raises(TypeError, match="takes a str, not 'bytes'"):
+            sql.unsafe(b"SELECT 1")
+
+    def test_file(self, sql: Any, tmp_path: Path) -> None:
+        path = tmp_path / "q.sql"
+        text = "-- café {x} $1\nSELECT 'ü'\n"
+        path.write_bytes(text.encode("utf-8"))
+        assert sql.file(path).format() == (text, [])
+        assert sql.file(str(path)) == sql.unsafe(text)
+        with pytest.raises(FileNotFoundError):
+            sql.file(tmp_path / "missing.sql")
+
+    def test_join_default_separator(self, sql: Any) -> None:
+        q = sql.join(sql("({}, {})", n, str(n)) for n in range(3))
+        assert q.format() == ("($1, $2), ($3, $4), ($5, $6)", [0, "0", 1, "1", 2, "2"])
+
+    @pytest.mark.parametrize(
+        "sep", ["", ",", ", ", " AND ", " OR ", ") AND (", ") OR (", ";", "\n"]
+    )
+    def test_join_allowed_separators(self, sql: Any, sep: str) -> None:
+        q = sql.join([sql("a = {}", 1), sql.unsafe("b"), sql("c = {}", 2)], sep)
+        assert q.format() == (f"a = $1{sep}b{sep}c = $2", [1, 2])
+
+    def test_join_query_separator(self, sql: Any) -> None:
+        q = sql.join([sql("{}", "a"), sql("{}", "b"), sql("{}", "c")], sql(" || {} || ", "-"))
+        assert q.format() == ("$1 || $2 || $3 || $4 || $5", ["a", "-", "b", "-", "c"])
+
+    def test_join_edge_cases(self, sql: Any) -> None:
+        assert sql.join([]).format() == ("", [])
+        assert sql.join([], sql(" {} ", 1)).format() == ("", [])
+        assert sql.join([sql("x = {}", 1)]).format() == ("x = $1", [1])
+
+    @pytest.mark.parametrize("sep", [" AND", " ; DROP TABLE x; ", "and", None, 1])
+    def test_join_bad_separator(self, sql: Any, sep: object) -> None:
+        with pytest.raises(ValueError, match=re.escape(f"separator {sep!r} is not allowed")):
+            sql.join([sql("a")], sep)
+
+    def test_join_bad_item(self, sql: Any) -> None:
+        with pytest.raises(TypeError, match="item 1 is a 'str', not an SQLQuery"):
+            sql.join([sql("a"), "b"])
+
+
+@nodb
+class TestSQLQuery:
+    def test_add(self, sql: Any) -> None:
+        q = sql("SELECT {}", 1) + sql(" WHERE a = {}", 2) + sql.unsafe(" LIMIT 1")
+        assert q.format() == ("SELECT $1 WHERE a = $2 LIMIT 1", [1, 2])
+
+    @pytest.mark.parametrize("other", ["WHERE 1", 1, None, b"x"])
+    def test_add_non_query(self, sql: Any, other: object) -> None:
+        q = sql("SELECT 1")
+        with pytest.raises(TypeError, match="can only concatenate SQLQuery"):
+            q + other
+        with pytest.raises(TypeError, match="can only concatenate SQLQuery"):
+            other + q
+
+    def test_format_returns_a_fresh_list(self, sql: Any) -> None:
+        q = sql("a = {}", 1)
+        q.format()[1].append(2)
+        assert q.format() == ("a = $1", [1])
+
+    def test_immutable(self, mod: ModuleType, sql: Any) -> None:
+        q = sql("a = {}", 1)
+        with pytest.raises(AttributeError, match="immutable"):
+            q._text = "DROP TABLE x"
+        with pytest.raises(AttributeError, match="immutable"):
+            q.extra = 1
+        with pytest.raises(AttributeError, match="immutable"):
+            del q._values
+        with pytest.raises(TypeError, match=r"built with pgfast\.sql"):
+            mod.SQLQuery("a", [])
+        with pytest.raises(TypeError):
+            type("Sub", (mod.SQLQuery,), {})
+        assert q.format() == ("a = $1", [1])
+
+    def test_equality_and_hash(self, sql: Any) -> None:
+        a = sql("x = {} AND {}", 1, sql.ident("t"))
+        b = sql("x = {v} AND {t}", v=1, t=sql.unsafe('"t"'))
+        assert a == b
+        assert hash(a) == hash(b)
+        assert len({a, b}) == 1
+        assert a != sql("x = {} AND {}", 2, sql.ident("t"))
+        assert a != sql("x = {} AND {}", 1, sql.ident("u"))
+        assert sql("a") != "a"
+        assert sql("1") != 1
+
+    def test_repr_shows_text_and_param_count_not_values(self, sql: Any) -> None:
+        q = sql("SELECT * FROM t WHERE pw = {} AND u = {}", "hunter2-secret", "bob")
+        assert repr(q) == "<SQLQuery 'SELECT * FROM t WHERE pw = $1 AND u = $2' (2 params)>"
+        assert repr(sql("a = {}", "secret")) == "<SQLQuery 'a = $1' (1 param)>"
+        assert repr(sql("SELECT 1")) == "<SQLQuery 'SELECT 1' (0 params)>"
+
+    def test_is_sql_query(self, mod: ModuleType, sql: Any) -> None:
+        assert mod.is_sql_query(sql("SELECT 1"))
+        assert mod.is_sql_query(sql.ident("a"))
+        for other in ["SELECT 1", None, 1, object()]:
+            assert not mod.is_sql_query(other)
+
+    def test_pickle_and_copy(self, mod: ModuleType, sql: Any) -> None:
+        q = sql("SELECT {} FROM {}", [1, 2], sql.ident("t"))
+        for restored in (pickle.loads(pickle.dumps(q)), copy.copy(q), copy.deepcopy(q)):
+            assert type(restored) is mod.SQLQuery
+            assert restored == q
+
+    def test_unpickling_checks_the_shape(self, mod: ModuleType, sql: Any) -> None:
+        restore, _ = sql("x").__reduce__()
+        with pytest.raises(ValueError, match="not a pickled SQLQuery"):
+            restore(("a",), (1,))
+        with pytest.raises(ValueError, match="not a pickled SQLQuery"):
+            restore((1, 2), (3,))
+        with pytest.raises(TypeError):
+            restore(["a"], [])
+
+
+@nodb
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="t-strings need Python 3.14")
+class TestTStrings:
+    def test_t_string(self, sql: Any) -> None:
+        org, inner = "acme", sql("b = {}", 2)
+        q = sql(eval('t"SELECT {org} WHERE {inner} AND {{x}}"'))  # no 3.14 syntax in the file
+        assert q.format() == ("SELECT $1 WHERE b = $2 AND {x}", ["acme", 2])
+        assert org and inner
+
+    def test_t_string_conversion_and_extra_args(self, sql: Any) -> None:
+        x = 1
+        with pytest.raises(ValueError, match=r"field \{x\} has a conversion or format spec"):
+            sql(eval('t"{x!r}"'))
+        with pytest.raises(TypeError, match="takes no other arguments"):
+            sql(eval('t"{x}"'), 1)
+        assert x
+
+
+@nodb
+def test_public_sql_is_the_chosen_implementation() -> None:
+    assert pgfast._sql.sql is pgfast._impl.compose.sql
+    assert pgfast._sql.SQLQuery is pgfast._impl.compose.SQLQuery
+    assert pgfast._sql.is_sql_query is pgfast._impl.compose.is_sql_query
+    assert pgfast._sql.sql("{}", 1).format() == ("$1", [1])
+
+
+def test_formatted_query_runs_on_a_real_server(pg_url: str, impl: str) -> None:
+    sql = twin("_compose", impl).sql
+    q = sql(
+        "SELECT {a}::int + {b}::int AS total, {s}::text AS s, {t} AS t FROM (VALUES (1)) AS {tab}",
+        a=40,
+        b=2,
+        s="it's {x} $1",
+        t=sql("upper({})", "abc"),
+        tab=sql.ident("My Table"),
+    )
+    text, params = q.format()
+    with psycopg.connect(pg_url) as conn, psycopg.RawCursor(conn) as cur:
+        cur.execute(text, params)
+        assert cur.fetchall() == [(42, "it's {x} $1", "ABC")]
+        assert [c.name for c in cur.description or []] == ["total", "s", "t"]
