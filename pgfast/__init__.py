@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from . import errors
-from ._exceptions import ConfigurationError, Error, PoolClosedError, PoolTimeoutError
 from ._bulk import bulk_condition
+from ._exceptions import ConfigurationError, Error, PoolClosedError, PoolTimeoutError
 from ._impl import IMPL as __impl__
 from ._sql import SQLQuery, is_sql_query, sql
 
