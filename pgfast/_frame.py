@@ -1,0 +1,148 @@
+"""Error messages: code frames under server errors, and redaction of parameter values.
+
+A server error raised through pgfast keeps its psycopg class, ``sqlstate`` and
+``diag``; only its message (``str(error)``) is rewritten:
+
+- the primary message, then the DETAIL and HINT lines, as libpq prints them;
+- when the server reports a position in the query, a code frame that shows the
+  offending line with a ``>`` marker and ``^`` under the token;
+- parameter values never appear. The redaction rule: every parameter whose
+  text form is at least ``MIN_REDACTED_LEN`` (3) characters is replaced by
+  ``[redacted]`` wherever it occurs in the message; shorter values (``1``,
+  ``t``, ``ab``) are too common in ordinary text to be recognised reliably, so
+  the places where PostgreSQL echoes values are also redacted whatever their
+  length: ``invalid input ...: "<value>"``, ``Key (cols)=(<values>)`` and
+  ``Failing row contains (<values>)``. ``diag`` still holds the server's
+  original fields for code that needs them.
+- known passwords are replaced as well (``secrets``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any
+from uuid import UUID
+
+import psycopg
+
+from ._config import redact_secrets
+
+MIN_REDACTED_LEN = 3
+REDACTED_VALUE = "[redacted]"
+CONTEXT_LINES = 2
+
+_ECHO_PATTERNS = (
+    # invalid input syntax for type integer: "abc" / invalid input value for enum
+    re.compile(r'(invalid input (?:syntax|value)[^:\n]*: )"(?:[^"]|"")*"'),
+    # DETAIL:  Key (id)=(42) already exists. / is not present in table
+    re.compile(r"(Key \([^)]*\)=)\((?:.|\n)*?\)(?= (?:already exists|is not present|conflicts))"),
+    re.compile(r"(Failing row contains )\((?:.|\n)*\)(?=\.)"),
+    # value "99999999999" is out of range for type integer
+    re.compile(r'(value )"(?:[^"]|"")*"(?= is out of range)'),
+)
+
+
+def _text_forms(value: Any) -> list[str]:
+    if value is None or isinstance(value, bool):
+        return []
+    if isinstance(value, (str, int, float, Decimal, UUID)):
+        return [str(value)]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return ["\\x" + bytes(value).hex()]
+    if isinstance(value, (datetime, date, time, timedelta)):
+        return [str(value), value.isoformat() if not isinstance(value, timedelta) else str(value)]
+    if isinstance(value, (list, tuple)):
+        return [form for item in value for form in _text_forms(item)]
+    if isinstance(value, dict):
+        forms = [form for item in value.values() for form in _text_forms(item)]
+        with contextlib.suppress(TypeError, ValueError):
+            forms.append(json.dumps(value))
+        return forms
+    return [str(value)]
+
+
+def redact_params(message: str, params: Sequence[Any] | None) -> str:
+    """``message`` without the parameter values it echoes (see the module doc)."""
+    for pattern in _ECHO_PATTERNS:
+        message = pattern.sub(lambda m: m.group(1) + REDACTED_VALUE, message)
+    if params:
+        forms = {f for p in params for f in _text_forms(p) if len(f) >= MIN_REDACTED_LEN}
+        for form in sorted(forms, key=len, reverse=True):
+            message = message.replace(form, REDACTED_VALUE)
+    return message
+
+
+def _token_length(line: str, col: int, primary: str) -> int:
+    near = re.search(r'at or near "((?:[^"]|"")*)"', primary)
+    if near:
+        token = near.group(1).replace('""', '"')
+        if token and line.startswith(token, col):
+            return len(token)
+    rest = line[col:]
+    match = re.match(r"\$\d+|[A-Za-z_\u0080-\uffff][\w$\u0080-\uffff]*|\d+(?:\.\d+)?|\S", rest)
+    return len(match.group(0)) if match else 1
+
+
+def code_frame(text: str, position: int, primary: str = "") -> str:
+    """Lines of ``text`` around the 1-based character ``position``, marked.
+
+    ``primary`` (the server's message) helps size the ``^^^`` marker.
+    """
+    lines = text.split("\n")
+    offset = max(position - 1, 0)
+    lineno = 0
+    while lineno < len(lines) - 1 and offset > len(lines[lineno]):
+        offset -= len(lines[lineno]) + 1
+        lineno += 1
+    first = max(0, lineno - CONTEXT_LINES)
+    last = min(len(lines), lineno + CONTEXT_LINES + 1)
+    width = len(str(last))
+    out = []
+    for i in range(first, last):
+        marker = ">" if i == lineno else " "
+        out.append(f"{marker} {i + 1:>{width}} | {lines[i]}".rstrip())
+        if i == lineno:
+            line = lines[i]
+            col = min(offset, len(line))
+            length = _token_length(line, col, primary) if col < len(line) else 1
+            # Keep tabs so the caret lines up under the token.
+            pad = "".join(c if c == "\t" else " " for c in line[:col])
+            out.append(f"  {' ' * width} | {pad}{'^' * length}")
+    return "\n".join(out)
+
+
+def error_message(
+    exc: psycopg.Error, text: str | None, params: Sequence[Any] | None, secrets: Iterable[str]
+) -> str:
+    """The message pgfast gives ``exc``, raised by running ``text`` with ``params``."""
+    diag = exc.diag
+    primary = diag.message_primary
+    if primary is None:
+        message = str(exc)
+    else:
+        message = primary
+        if diag.message_detail:
+            message += "\nDETAIL:  " + diag.message_detail
+        if diag.message_hint:
+            message += "\nHINT:  " + diag.message_hint
+    message = redact_secrets(redact_params(message, params), secrets)
+    position = diag.statement_position if primary is not None else None
+    if position and text and position.isdigit() and int(position) > 0:
+        # The frame shows only the query text, which never holds values.
+        message += "\n\n" + code_frame(text, int(position), primary or "")
+    return message
+
+
+def rewrite_error(
+    exc: psycopg.Error, text: str | None, params: Sequence[Any] | None, secrets: Iterable[str]
+) -> None:
+    """Replace the message of ``exc`` in place (its class, sqlstate and diag stay)."""
+    if getattr(exc, "_pgfast_rewritten", False):
+        return
+    exc.args = (error_message(exc, text, params, secrets),)
+    exc._pgfast_rewritten = True  # type: ignore[attr-defined]

@@ -1,0 +1,934 @@
+"""The async pool, its dedicated connections and transactions: the single source.
+
+``_pool_sync.py`` is generated from this file by ``tools/async_to_sync.py``
+(``async``/``await`` dropped, ``AsyncX`` -> ``X``, asyncio -> threading/time);
+edit this file and regenerate, never the other.
+
+Internal protocol for teammates (bulk loading, clusters): every queryable
+(``AsyncConnectionPool``, ``AsyncConnection``, ``AsyncTransaction``) offers
+
+- ``query(q)``, ``execute(q)``, ``tx(fn, **options)`` as documented;
+- ``_raw_connection()``: an async context manager yielding the underlying
+  ``psycopg.AsyncConnection`` (autocommit; checked out of the pool for a pool,
+  the queryable's own one otherwise), e.g. for COPY. Leave it IDLE (or in the
+  transaction state you found it) when done;
+- ``_pool_ref``: the owning ``AsyncConnectionPool``, whose
+  ``_column_types_cache`` dict is free for per-pool caches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from itertools import count, repeat
+from time import monotonic
+from types import TracebackType
+from typing import Any, TypeVar
+
+import psycopg
+import psycopg_pool
+from psycopg import AsyncRawCursor, AsyncRawServerCursor
+from psycopg.pq import ExecStatus, TransactionStatus
+from psycopg.rows import tuple_row
+
+from . import _impl
+from ._bulk_async import AsyncBulkMixin
+from ._config import PoolConfig
+from ._exceptions import Error, PoolClosedError, PoolTimeoutError
+from ._frame import rewrite_error
+from ._pool_common import (
+    ADAPTERS,
+    FOREVER,
+    LIVENESS_CHECK_AFTER,
+    RETRYABLE_TX,
+    SERVER_ENDED_SESSION,
+    IsolationLevel,
+    Row,
+    SQLQuery,
+    advisory_lock_query,
+    backoff,
+    begin_statement,
+    check_queries,
+    check_savepoint_options,
+    ended,
+    logger,
+    not_a_query,
+    retry_attempts,
+    safe_call,
+)
+
+T = TypeVar("T")
+IDLE = TransactionStatus.IDLE
+TUPLES_OK = ExecStatus.TUPLES_OK
+INERROR = TransactionStatus.INERROR
+_pool_numbers = count(1)
+_cursor_numbers = count(1)
+
+
+class _PgConnection(psycopg.AsyncConnection[Any]):
+    """psycopg's connection plus the bookkeeping pgfast needs.
+
+    Each pool connects through its own subclass, whose ``_pgfast_pool`` lets a
+    failed connection attempt be reported (a wrong password surfaces in the
+    ``PoolTimeoutError`` instead of only in psycopg_pool's log).
+    """
+
+    _pgfast_pool: AsyncConnectionPool | None = None
+    _pgfast_idle_since: float = 0.0
+    _pgfast_uses: int = 0
+    _pgfast_encoding: str = "utf-8"
+    _pgfast_on_close: Callable[[], Any] | None = None
+
+    @classmethod
+    async def connect(cls, conninfo: str = "", **kwargs: Any) -> _PgConnection:
+        try:
+            conn = await super().connect(conninfo, **kwargs)
+        except Exception as exc:
+            if cls._pgfast_pool is not None:
+                cls._pgfast_pool._connect_failed(exc)
+            raise
+        return conn
+
+    async def close(self) -> None:
+        hook, self._pgfast_on_close = self._pgfast_on_close, None
+        await super().close()
+        if hook is not None:
+            safe_call(hook, "on_connection_closed")
+
+
+def _names(result: Any, conn: _PgConnection) -> list[str]:
+    encoding = conn._pgfast_encoding
+    return [result.fname(i).decode(encoding) for i in range(result.nfields)]
+
+
+def _dicts(names: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+    if len(rows) == 1:  # the common case, where building iterators costs more
+        return [dict(zip(names, rows[0], strict=True))]
+    # All in C: no per-row bytecode, no keyword arguments.
+    return list(map(dict, map(zip, repeat(names), rows)))
+
+
+async def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call ``fn``; await its result when it is awaitable (async pools take async callables)."""
+    result = fn(*args)
+    if inspect.isawaitable(result):  # async-only
+        result = await result  # async-only
+    return result
+
+
+class _AsyncQueryable(AsyncBulkMixin):
+    """The querying methods shared by pools, connections and transactions.
+
+    Bulk loading (``bulk_insert``, ``copy_in``, ...) comes from the bulk mixin.
+
+    A subclass provides ``_acquire`` / ``_release`` (the psycopg connection to
+    run on) and ``_pool_ref``; a pool also retries a statement that failed
+    because the server had ended an idle session.
+    """
+
+    _pool_ref: AsyncConnectionPool
+
+    async def _acquire(self) -> _PgConnection:
+        raise NotImplementedError
+
+    async def _release(self, conn: _PgConnection) -> None:
+        raise NotImplementedError
+
+    def _may_retry(self, conn: _PgConnection, exc: psycopg.Error, text: str) -> bool:
+        return False
+
+    @asynccontextmanager
+    async def _raw_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """The underlying psycopg connection, for COPY and other driver-level work."""
+        conn = await self._acquire()
+        try:
+            yield conn
+        finally:
+            await self._release(conn)
+
+    async def _run(self, q: SQLQuery, fetch: bool, dicts: bool | None = None) -> Any:
+        text, params = q.format()
+        pool = self._pool_ref
+        while True:
+            conn = await self._acquire()
+            try:
+                return await pool._execute(conn, q, text, params, fetch, dicts)
+            except psycopg.Error as exc:
+                if not self._may_retry(conn, exc, text):
+                    raise
+                logger.info("pgfast: retrying a statement on a fresh connection: %s", exc)
+            finally:
+                await self._release(conn)
+
+    async def query(self, q: SQLQuery | list[SQLQuery]) -> Any:
+        """Run ``q`` and return its rows; a list of queries runs in one transaction."""
+        if isinstance(q, SQLQuery):
+            return await self._run(q, True)
+        if isinstance(q, list):
+            return await self._query_many(check_queries(q))
+        not_a_query(q)
+
+    async def _query_many(self, queries: list[SQLQuery]) -> list[list[Row]]:
+        if not queries:
+            return []
+        pool = self._pool_ref
+        formatted = [q.format() for q in queries]
+        conn = await self._acquire()
+        try:
+            return await pool._execute_many(conn, queries, formatted)
+        finally:
+            await self._release(conn)
+
+    async def query_one(self, q: SQLQuery) -> Row | None:
+        """The only row of ``q``, or ``None``; more than one row is an error."""
+        rows = await self.query(q)
+        if len(rows) > 1:
+            raise Error(f"query_one() expected at most one row, the query returned {len(rows)}")
+        return rows[0] if rows else None
+
+    async def query_value(self, q: SQLQuery) -> Any:
+        """The first column of the only row of ``q``."""
+        if not isinstance(q, SQLQuery):
+            not_a_query(q)
+        rows = await self._run(q, True, False)
+        if len(rows) != 1:
+            raise Error(f"query_value() expected exactly one row, the query returned {len(rows)}")
+        return rows[0][0]
+
+    async def execute(self, q: SQLQuery) -> int:
+        """Run a statement; return the number of rows it affected."""
+        if not isinstance(q, SQLQuery):
+            not_a_query(q)
+        return int(await self._run(q, False))
+
+    async def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> AsyncIterator[Row]:
+        """Yield the rows of ``q``, fetched ``batch_size`` at a time through a server cursor.
+
+        Leaving the loop early releases the connection; wrap the call in
+        ``contextlib.aclosing`` to release it at once rather than when the
+        generator is collected.
+        """
+        if not isinstance(q, SQLQuery):
+            not_a_query(q)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, not {batch_size!r}")
+        text, params = q.format()
+        pool = self._pool_ref
+        conn = await self._acquire()
+        try:
+            own_tx = conn.pgconn.transaction_status == IDLE
+            if own_tx:
+                await conn.execute("BEGIN")
+            try:
+                cur = AsyncRawServerCursor(
+                    conn, f"pgfast_stream_{next(_cursor_numbers)}", row_factory=tuple_row
+                )
+                try:
+                    await pool._declare(cur, q, text, params)
+                    names = _names(cur.pgresult, conn) if pool._row_dicts else None
+                    while True:
+                        batch = await cur.fetchmany(batch_size)
+                        if not batch:
+                            break
+                        for row in batch if names is None else _dicts(names, batch):
+                            yield row
+                finally:
+                    await cur.close()
+            except BaseException:
+                if own_tx and not conn.closed:
+                    await conn.execute("ROLLBACK")
+                raise
+            if own_tx:
+                await conn.execute("COMMIT")
+        finally:
+            await self._release(conn)
+
+
+class AsyncConnectionPool(_AsyncQueryable):
+    """A pool of PostgreSQL connections (create it with ``create_async_pool``)."""
+
+    def __init__(self, config: PoolConfig) -> None:
+        opts = config.options
+        self._config = config
+        self._pool_ref = self
+        self._row_dicts = opts.row_type == "dict"
+        self._on_query_start = opts.on_query_start
+        self._on_query_results = opts.on_query_results
+        self._on_query_error = opts.on_query_error
+        self._on_error = opts.on_error
+        self._max_uses = opts.max_uses
+        self._queue_timeout = float(opts.queue_timeout)
+        self._queries = 0
+        self._waiting = 0
+        self._in_use = 0
+        self._guard: asyncio.Future[None] | None = None  # async-only
+        self._opened = False
+        self._closed = False
+        # Recently used idle connections, kept out of psycopg_pool (LIFO): the
+        # hot path then skips psycopg_pool's checkout machinery. Guarded by
+        # ``_lock`` together with ``_waiting`` so that a caller queued in
+        # psycopg_pool is always handed a connection being released.
+        self._hot: list[_PgConnection] = []
+        self._lock = threading.Lock()
+        self._column_types_cache: dict[Any, Any] = {}
+        kwargs: Any = dict(config.connect_kwargs, context=ADAPTERS)
+        if callable(opts.password):
+            base = kwargs
+
+            def kwargs() -> dict[str, Any]:
+                return dict(config.password_kwargs(), context=base["context"])
+
+        self._connect_error: str | None = None
+        connection_class = type("_PgConnection", (_PgConnection,), {"_pgfast_pool": self})
+        self._pool = psycopg_pool.AsyncConnectionPool(
+            config.conninfo,
+            connection_class=connection_class,
+            kwargs=kwargs,
+            min_size=opts.min_size,
+            max_size=opts.pool_size,
+            open=False,
+            configure=self._configure,
+            check=self._check,
+            name=f"pgfast-{next(_pool_numbers)}",
+            timeout=self._queue_timeout,
+            max_lifetime=float(opts.max_lifetime),
+            max_idle=FOREVER if opts.idle_timeout is None else float(opts.idle_timeout),
+            reconnect_failed=self._reconnect_failed,
+        )
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"size={self._config.options.pool_size}"
+        return f"<pgfast.{type(self).__name__} {self._config.display!r} {state}>"
+
+    # -- connections -------------------------------------------------------
+
+    def _connect_failed(self, exc: Exception) -> None:
+        if isinstance(exc, psycopg.Error):
+            rewrite_error(exc, None, None, self._config.secrets)
+        self._connect_error = self._config.redact(str(exc).strip())
+        self._report(exc)
+
+    async def _configure(self, conn: _PgConnection) -> None:
+        self._connect_error = None
+        conn._pgfast_idle_since = monotonic()
+        conn._pgfast_encoding = conn.info.encoding
+        opts = self._config.options
+        conn._pgfast_on_close = opts.on_connection_closed
+        if opts.on_connection_opened is not None:
+            safe_call(opts.on_connection_opened, "on_connection_opened")
+
+    async def _check(self, conn: _PgConnection) -> None:
+        # Only connections idle for a while pay a round trip: they are the
+        # ones a server restart or an idle timeout may have killed.
+        if monotonic() - conn._pgfast_idle_since < LIVENESS_CHECK_AFTER:
+            return
+        try:
+            await psycopg_pool.AsyncConnectionPool.check_connection(conn)
+        except Exception as exc:
+            self._report(exc)
+            raise
+
+    def _reconnect_failed(self, pool: Any) -> None:
+        self._report(Error(f"pool {self._config.display!r} could not reconnect to the server"))
+
+    def _report(self, exc: BaseException) -> None:
+        if isinstance(exc, psycopg.Error):
+            rewrite_error(exc, None, None, self._config.secrets)
+        if self._on_error is not None:
+            safe_call(self._on_error, "on_error", exc)
+
+    async def _acquire(self) -> _PgConnection:
+        if self._closed:
+            raise PoolClosedError(f"the pool {self._config.display!r} was disposed")
+        hot = self._hot
+        with self._lock:
+            conn = hot.pop() if hot else None
+            if conn is None:
+                self._waiting += 1
+            else:
+                self._in_use += 1
+        if conn is not None:
+            if monotonic() - conn._pgfast_idle_since < LIVENESS_CHECK_AFTER:
+                conn._pgfast_uses += 1
+                return conn
+            # The newest hot connection is stale, so are the others: psycopg_pool
+            # checks them before handing them out.
+            with self._lock:
+                self._in_use -= 1
+                self._waiting += 1
+            await self._cool(conn)
+            await self._cool_all()
+        try:
+            if not self._opened:
+                await self._open()
+            conn = await self._pool.getconn()
+        except BaseException as exc:
+            with self._lock:
+                self._waiting -= 1
+            if isinstance(exc, psycopg_pool.PoolTimeout):
+                raise self._timeout_error() from None
+            if isinstance(exc, psycopg_pool.PoolClosed):
+                raise PoolClosedError(f"the pool {self._config.display!r} was disposed") from None
+            raise
+        with self._lock:
+            self._waiting -= 1
+            self._in_use += 1
+        conn._pgfast_uses += 1
+        return conn
+
+    async def _open(self) -> None:
+        await self._pool.open()
+        self._opened = True
+        # begin async-only
+        # psycopg_pool's async workers outlive a cancellation: a pool nobody
+        # disposed would keep asyncio.run() from returning. asyncio.run()
+        # cancels the tasks left at exit; this one then disposes the pool.
+        if self._guard is None and not self._closed:
+            self._guard = asyncio.ensure_future(self._dispose_when_cancelled())
+
+    async def _dispose_when_cancelled(self) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()
+        finally:
+            self._guard = None
+            await self.dispose()
+        # end async-only
+
+    def _timeout_error(self) -> PoolTimeoutError:
+        size = self._config.options.pool_size
+        stats = self.stats()
+        message = (
+            f"no connection became free within {self._queue_timeout:g} s (queue_timeout): "
+            f"pool_size={size}, {stats['size']} connections open or opening, "
+            f"{stats['in_use']} busy, {self._waiting} other callers waiting"
+        )
+        if self._connect_error is not None:
+            message += f"; the last connection attempt failed: {self._connect_error}"
+        return PoolTimeoutError(message)
+
+    async def _release(self, conn: _PgConnection) -> None:
+        now = monotonic()
+        keep = False
+        if self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
+            await conn.close()
+        elif conn.pgconn.transaction_status == IDLE and conn._expire_at > now:
+            keep = not self._closed
+            conn._pgfast_idle_since = now
+        hot = self._hot
+        with self._lock:
+            self._in_use -= 1
+            if keep and not self._waiting:
+                hot.append(conn)
+                if now - hot[0]._pgfast_idle_since <= LIVENESS_CHECK_AFTER:
+                    return
+                conn = hot.pop(0)  # the oldest went stale: psycopg_pool takes it
+        await self._pool.putconn(conn)
+
+    async def _cool(self, conn: _PgConnection) -> None:
+        """Hand a hot connection back to psycopg_pool (which checks, expires, shrinks)."""
+        await self._pool.putconn(conn)
+
+    async def _cool_all(self) -> None:
+        with self._lock:
+            conns, self._hot[:] = self._hot[:], []
+        for conn in conns:
+            await self._cool(conn)
+
+    def _may_retry(self, conn: _PgConnection, exc: psycopg.Error, text: str) -> bool:
+        if not conn.broken:
+            return False
+        if exc.sqlstate in SERVER_ENDED_SESSION:
+            # The server ended the session: the statement was not committed.
+            return True
+        # The connection died with no word from the server: the statement's
+        # fate is unknown, so only a read is run again.
+        return exc.sqlstate is None and bool(_impl.classify.is_read_only(text))
+
+    # -- running statements --------------------------------------------------
+
+    def _failed(self, exc: psycopg.Error, q: Any, text: str, params: list[Any]) -> None:
+        rewrite_error(exc, text, params, self._config.secrets)
+        if self._on_query_error is not None:
+            safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
+
+    async def _execute(
+        self,
+        conn: _PgConnection,
+        q: SQLQuery,
+        text: str,
+        params: list[Any],
+        fetch: bool,
+        dicts: bool | None = None,
+    ) -> Any:
+        self._queries += 1
+        if self._on_query_start is not None:
+            safe_call(self._on_query_start, "on_query_start", q, text, params)
+        cur = AsyncRawCursor(conn, row_factory=tuple_row)
+        try:
+            if params:
+                await cur.execute(text, params)
+            else:
+                # The simple protocol, which allows several statements: the
+                # last one gives the result.
+                await cur.execute(text)
+                while cur.nextset():
+                    pass
+            result = cur.pgresult
+            if not fetch:
+                return max(cur.rowcount, 0)
+            if result is None or result.status != TUPLES_OK:
+                rows: list[Any] = []
+            else:
+                rows = await cur.fetchall()
+                if self._row_dicts if dicts is None else dicts:
+                    names = _names(result, conn)
+                    rows = _dicts(names, rows)
+        except psycopg.Error as exc:
+            self._failed(exc, q, text, params)
+            raise
+        if self._on_query_results is not None:
+            safe_call(self._on_query_results, "on_query_results", q, text, params, rows)
+        return rows
+
+    async def _execute_many(
+        self,
+        conn: _PgConnection,
+        queries: list[SQLQuery],
+        formatted: list[tuple[str, list[Any]]],
+    ) -> list[list[Row]]:
+        self._queries += len(queries)
+        cursors: list[AsyncRawCursor[Any]] = []
+        try:
+            # One round trip: psycopg's pipeline mode, inside one transaction
+            # (a savepoint when the connection is already in one).
+            async with conn.pipeline(), conn.transaction():
+                for q, (text, params) in zip(queries, formatted, strict=True):
+                    if self._on_query_start is not None:
+                        safe_call(self._on_query_start, "on_query_start", q, text, params)
+                    cur = AsyncRawCursor(conn, row_factory=tuple_row)
+                    await cur.execute(text, params)
+                    cursors.append(cur)
+        except psycopg.Error as exc:
+            # The failing statement is the first one left without a result.
+            failed = next((i for i, c in enumerate(cursors) if c.pgresult is None), 0)
+            text, params = formatted[failed]
+            self._failed(exc, queries[failed], text, params)
+            raise
+        results = []
+        for cur in cursors:
+            result = cur.pgresult
+            rows: list[Any] = []
+            if result is not None and result.status == TUPLES_OK:
+                rows = await cur.fetchall()
+                if self._row_dicts:
+                    names = _names(result, conn)
+                    rows = _dicts(names, rows)
+            results.append(rows)
+        if self._on_query_results is not None:
+            for q, (text, params), rows in zip(queries, formatted, results, strict=True):
+                safe_call(self._on_query_results, "on_query_results", q, text, params, rows)
+        return results
+
+    async def _declare(self, cur: Any, q: SQLQuery, text: str, params: list[Any]) -> None:
+        self._queries += 1
+        if self._on_query_start is not None:
+            safe_call(self._on_query_start, "on_query_start", q, text, params)
+        try:
+            await cur.execute(text, params or None)
+        except psycopg.Error as exc:
+            self._failed(exc, q, text, params)
+            raise
+
+    # -- transactions and connections ----------------------------------------
+
+    def transaction(
+        self,
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> _AsyncTransactionBlock:
+        """A context manager running its block in one transaction (one attempt)."""
+        begin = begin_statement(
+            isolation_level,
+            read_only,
+            deferrable,
+            statement_timeout,
+            lock_timeout,
+            idle_in_transaction_session_timeout,
+        )
+        return _AsyncTransactionBlock(self, None, begin)
+
+    async def tx(
+        self,
+        fn: Callable[[AsyncTransaction], Awaitable[T]],
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        retry_serialization_failures: bool | int = False,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> T:
+        """Run ``fn(tx)`` in a transaction: COMMIT and return its result, or ROLLBACK.
+
+        Serialization failures and deadlocks (40001, 40P01) re-run ``fn`` from
+        the start when ``retry_serialization_failures`` allows more attempts.
+        """
+        attempts = retry_attempts(retry_serialization_failures)
+        block = self.transaction(
+            isolation_level=isolation_level,
+            read_only=read_only,
+            deferrable=deferrable,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+        )
+        return await _run_tx(block, fn, attempts)
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A dedicated connection for several operations, released at the end of the block."""
+        conn = await self._acquire()
+        dedicated = AsyncConnection(self, conn)
+        try:
+            yield dedicated
+        finally:
+            dedicated._conn = None
+            try:
+                if conn.pgconn.transaction_status != IDLE and not conn.closed:
+                    await conn.execute("ROLLBACK")
+            finally:
+                await self._release(conn)
+        await dedicated._run_post_commit()
+
+    async def task(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``fn(connection)`` with a dedicated connection and return its result."""
+        async with self.connection() as conn:
+            return await fn(conn)
+
+    # -- life cycle ----------------------------------------------------------
+
+    def stats(self) -> dict[str, int]:
+        """``size``, ``idle``, ``in_use``, ``waiting`` connections/callers and ``queries`` run."""
+        in_use = self._in_use
+        if self._opened and not self._closed:
+            measures = self._pool.get_stats()
+            idle = measures.get("pool_available", 0) + len(self._hot)
+            size = max(measures.get("pool_size", 0), in_use + idle)
+        else:
+            size, idle = in_use, 0
+        return {
+            "size": size,
+            "idle": idle,
+            "in_use": in_use,
+            "waiting": self._waiting,
+            "queries": self._queries,
+        }
+
+    async def dispose(self) -> None:
+        """Close the pool: new operations raise PoolClosedError, running ones finish.
+
+        Idle connections are closed now, busy ones when they are returned.
+        Calling it again does nothing.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        guard, self._guard = self._guard, None  # async-only
+        if guard is not None and guard is not asyncio.current_task():  # async-only
+            guard.cancel()  # async-only
+        await self._pool.close()
+        # After close, psycopg_pool closes what it is handed back.
+        await self._cool_all()
+
+    async def __aenter__(self) -> AsyncConnectionPool:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.dispose()
+
+
+async def _run_tx(
+    block: _AsyncTransactionBlock, fn: Callable[[AsyncTransaction], Awaitable[T]], attempts: int
+) -> T:
+    for attempt in range(1, attempts + 1):
+        try:
+            async with block as tx:
+                return await fn(tx)
+        except psycopg.Error as exc:
+            if attempt == attempts or exc.sqlstate not in RETRYABLE_TX:
+                raise
+            logger.info("pgfast: retrying a transaction (attempt %d): %s", attempt + 1, exc)
+        await asyncio.sleep(backoff(attempt))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+class AsyncConnection(_AsyncQueryable):
+    """One connection of the pool, dedicated to a block of work (``pool.connection()``)."""
+
+    _what = "connection"
+
+    def __init__(self, pool: AsyncConnectionPool, conn: _PgConnection) -> None:
+        self._pool_ref = pool
+        self._conn: _PgConnection | None = conn
+        self._post_commit: list[Callable[[], Any]] = []
+        self._in_transaction = False
+
+    def __repr__(self) -> str:
+        state = "ended" if self._conn is None else "open"
+        return f"<pgfast.{type(self).__name__} {state}>"
+
+    async def _acquire(self) -> _PgConnection:
+        conn = self._conn
+        if conn is None:
+            ended(self._what)
+        return conn
+
+    async def _release(self, conn: _PgConnection) -> None:
+        pass
+
+    async def _run_post_commit(self) -> None:
+        steps, self._post_commit = self._post_commit, []
+        for step in steps:
+            await _call(step)
+
+    def transaction(
+        self,
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> _AsyncTransactionBlock:
+        """A context manager running its block in one transaction on this connection."""
+        begin = begin_statement(
+            isolation_level,
+            read_only,
+            deferrable,
+            statement_timeout,
+            lock_timeout,
+            idle_in_transaction_session_timeout,
+        )
+        return _AsyncTransactionBlock(self._pool_ref, self, begin)
+
+    async def tx(
+        self,
+        fn: Callable[[AsyncTransaction], Awaitable[T]],
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        retry_serialization_failures: bool | int = False,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> T:
+        """Run ``fn(tx)`` in a transaction on this connection (see the pool's ``tx``)."""
+        attempts = retry_attempts(retry_serialization_failures)
+        block = self.transaction(
+            isolation_level=isolation_level,
+            read_only=read_only,
+            deferrable=deferrable,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+        )
+        return await _run_tx(block, fn, attempts)
+
+    async def task(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``fn(self)``: this connection already is dedicated."""
+        await self._acquire()
+        return await fn(self)
+
+
+class AsyncTransaction(AsyncConnection):
+    """A transaction in progress (or a savepoint inside one)."""
+
+    _what = "transaction"
+
+    def __init__(
+        self, pool: AsyncConnectionPool, conn: _PgConnection, savepoint: str | None
+    ) -> None:
+        super().__init__(pool, conn)
+        self._savepoint = savepoint
+        self._savepoints = count(1)
+
+    def transaction(
+        self,
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> _AsyncTransactionBlock:
+        """A SAVEPOINT: an error in the block rolls back to it and re-raises."""
+        check_savepoint_options(
+            {
+                "isolation_level": isolation_level,
+                "read_only": read_only,
+                "deferrable": deferrable,
+                "statement_timeout": statement_timeout,
+                "lock_timeout": lock_timeout,
+                "idle_in_transaction_session_timeout": idle_in_transaction_session_timeout,
+            }
+        )
+        return _AsyncTransactionBlock(self._pool_ref, self, None)
+
+    async def tx(
+        self,
+        fn: Callable[[AsyncTransaction], Awaitable[T]],
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        retry_serialization_failures: bool | int = False,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> T:
+        """Run ``fn(savepoint)`` in a SAVEPOINT; retries belong to the outermost ``tx``."""
+        check_savepoint_options({"retry_serialization_failures": retry_serialization_failures})
+        async with self.transaction(
+            isolation_level=isolation_level,
+            read_only=read_only,
+            deferrable=deferrable,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+        ) as savepoint:
+            return await fn(savepoint)
+
+    def add_post_commit_step(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn()`` after the outermost transaction commits and releases its connection.
+
+        Dropped when this transaction (or savepoint) rolls back or is retried.
+        """
+        if self._conn is None:
+            ended(self._what)
+        if not callable(fn):
+            raise TypeError(f"a post-commit step must be callable, not {type(fn).__name__}")
+        self._post_commit.append(fn)
+
+    async def advisory_lock(self, key: int | tuple[int, int]) -> None:
+        """Wait for the transaction-scoped advisory lock ``key`` (an int or two ints)."""
+        await self.query(advisory_lock_query("pg_advisory_xact_lock", key))
+
+    async def try_advisory_lock(self, key: int | tuple[int, int]) -> bool:
+        """Take the transaction-scoped advisory lock ``key`` if it is free; say if it was."""
+        return bool(await self.query_value(advisory_lock_query("pg_try_advisory_xact_lock", key)))
+
+
+class _AsyncTransactionBlock:
+    """``async with``: BEGIN (or SAVEPOINT) on entry, COMMIT (or RELEASE) / ROLLBACK on exit.
+
+    ``parent`` is ``None`` for a pool (a connection is checked out for the
+    block), a dedicated connection, or a transaction (then it is a savepoint).
+    """
+
+    def __init__(
+        self, pool: AsyncConnectionPool, parent: AsyncConnection | None, begin: str | None
+    ) -> None:
+        self._pool = pool
+        self._parent = parent
+        self._begin = begin
+        self._tx: AsyncTransaction | None = None
+
+    async def __aenter__(self) -> AsyncTransaction:
+        parent = self._parent
+        if parent is None:
+            conn = await self._pool._acquire()
+        else:
+            conn = await parent._acquire()
+            if parent._in_transaction:
+                raise Error(f"this {parent._what} is already running a nested transaction")
+        savepoint = None
+        if isinstance(parent, AsyncTransaction):
+            savepoint = f"pgfast_savepoint_{next(parent._savepoints)}"
+            statement = f"SAVEPOINT {savepoint}"
+        else:
+            assert self._begin is not None
+            statement = self._begin
+        try:
+            await conn.execute(statement)
+        except BaseException:
+            if parent is None:
+                await self._pool._release(conn)
+            raise
+        if parent is not None:
+            parent._in_transaction = True
+        self._tx = AsyncTransaction(self._pool, conn, savepoint)
+        return self._tx
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        tx = self._tx
+        assert tx is not None and tx._conn is not None
+        conn = tx._conn
+        tx._conn = None
+        self._tx = None
+        parent = self._parent
+        if parent is not None:
+            parent._in_transaction = False
+        try:
+            if exc is None:
+                await self._commit(conn, tx)
+            else:
+                try:
+                    await self._rollback(conn, tx)
+                except psycopg.Error as failure:
+                    # Keep the user's exception; a broken connection is
+                    # discarded by the pool on release.
+                    logger.warning("pgfast: ROLLBACK failed: %s", failure)
+        finally:
+            if parent is None:
+                await self._pool._release(conn)
+        if exc is None:
+            if parent is None:
+                await tx._run_post_commit()
+            else:
+                parent._post_commit.extend(tx._post_commit)
+
+    async def _commit(self, conn: _PgConnection, tx: AsyncTransaction) -> None:
+        if conn.pgconn.transaction_status == INERROR:
+            # COMMIT would silently roll back: say so instead.
+            await self._rollback(conn, tx)
+            raise Error(
+                f"the {'savepoint' if tx._savepoint else 'transaction'} was rolled back: "
+                "one of its statements failed (catching the error does not undo that; "
+                "use a nested transaction to recover from an error)"
+            )
+        if tx._savepoint is None:
+            await conn.execute("COMMIT")
+        else:
+            await conn.execute(f"RELEASE SAVEPOINT {tx._savepoint}")
+
+    async def _rollback(self, conn: _PgConnection, tx: AsyncTransaction) -> None:
+        if conn.closed:
+            return
+        if tx._savepoint is None:
+            await conn.execute("ROLLBACK")
+        else:
+            await conn.execute(
+                f"ROLLBACK TO SAVEPOINT {tx._savepoint}; RELEASE SAVEPOINT {tx._savepoint}"
+            )

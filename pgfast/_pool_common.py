@@ -1,0 +1,154 @@
+"""Pieces shared by the async pool and its generated sync twin (no I/O here)."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeAlias
+
+import psycopg
+from psycopg.adapt import AdaptersMap
+from psycopg.types.json import JsonbDumper
+
+from . import _impl
+from ._config import check_seconds, millis
+from ._exceptions import Error
+from ._sql import SQLQuery as SQLQuery  # re-exported for the pool and cluster modules
+
+logger = logging.getLogger("pgfast")
+
+Row: TypeAlias = Any
+"""A result row: a ``dict`` keyed by column name, or a ``tuple`` (``row_type="tuple"``)."""
+
+# One adapters context for every pgfast connection: a dict parameter is jsonb
+# (a list is already an array in psycopg's defaults).
+ADAPTERS = AdaptersMap(psycopg.adapters)
+ADAPTERS.register_dumper(dict, JsonbDumper)
+
+# Connections idle longer than this are checked with an empty query before use.
+LIVENESS_CHECK_AFTER = 1.0
+# Sessions the server ended: the statement did not commit, so running it again is safe.
+SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03"})
+RETRYABLE_TX = frozenset({"40001", "40P01"})
+FOREVER = 365 * 24 * 3600.0
+
+
+class IsolationLevel(str, enum.Enum):
+    """Transaction isolation levels for ``tx`` / ``transaction``."""
+
+    READ_UNCOMMITTED = "read uncommitted"
+    READ_COMMITTED = "read committed"
+    REPEATABLE_READ = "repeatable read"
+    SERIALIZABLE = "serializable"
+
+
+def not_a_query(q: object) -> NoReturn:
+    raise TypeError(
+        f"expected an SQLQuery, got {type(q).__name__}: build queries with pgfast.sql, "
+        'e.g. sql("SELECT * FROM t WHERE id = {}", 1)'
+    )
+
+
+def check_queries(queries: list[Any]) -> list[SQLQuery]:
+    for q in queries:
+        if not isinstance(q, SQLQuery):
+            not_a_query(q)
+    return queries
+
+
+def safe_call(hook: Callable[..., Any], name: str, *args: Any) -> None:
+    """Call a user hook; a hook that raises is logged, never propagated."""
+    try:
+        hook(*args)
+    except Exception:
+        logger.exception("pgfast: the %s hook raised an exception (ignored)", name)
+
+
+def retry_attempts(retry: bool | int) -> int:
+    if retry is True:
+        return 10
+    if retry is False:
+        return 1
+    if isinstance(retry, int) and retry >= 1:
+        return retry
+    raise ValueError(f"retry_serialization_failures must be a bool or an int >= 1, not {retry!r}")
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based): full jitter, capped."""
+    return random.uniform(0.0, min(1.0, 0.01 * 2**attempt))
+
+
+def _isolation(level: IsolationLevel | str) -> str:
+    if isinstance(level, IsolationLevel):
+        return level.value
+    if isinstance(level, str):
+        words = " ".join(level.replace("_", " ").lower().split())
+        for member in IsolationLevel:
+            if member.value == words:
+                return words
+    raise ValueError(
+        f"isolation_level must be a pgfast.IsolationLevel or one of "
+        f"{', '.join(repr(m.value) for m in IsolationLevel)}, not {level!r}"
+    )
+
+
+def begin_statement(
+    isolation_level: IsolationLevel | str | None,
+    read_only: bool | None,
+    deferrable: bool | None,
+    statement_timeout: float | None,
+    lock_timeout: float | None,
+    idle_in_transaction_session_timeout: float | None,
+) -> str:
+    """BEGIN with its options and SET LOCALs, as one multi-statement text (one round trip)."""
+    words = ["BEGIN"]
+    if isolation_level is not None:
+        words.append("ISOLATION LEVEL " + _isolation(isolation_level).upper())
+    if read_only is not None:
+        words.append("READ ONLY" if read_only else "READ WRITE")
+    if deferrable is not None:
+        words.append("DEFERRABLE" if deferrable else "NOT DEFERRABLE")
+    statements = [" ".join(words)]
+    for name, seconds in (
+        ("statement_timeout", statement_timeout),
+        ("lock_timeout", lock_timeout),
+        ("idle_in_transaction_session_timeout", idle_in_transaction_session_timeout),
+    ):
+        if seconds is not None:
+            check_seconds(name, seconds, allow_none=False)
+            statements.append(f"SET LOCAL {name} = {millis(seconds)}")
+    return "; ".join(statements)
+
+
+def check_savepoint_options(options: dict[str, Any]) -> None:
+    for name, value in options.items():
+        if value not in (None, False):
+            raise ValueError(
+                f"{name} cannot be set on a nested transaction (a savepoint); "
+                "set it on the outermost transaction"
+            )
+
+
+def advisory_lock_query(function: str, key: int | tuple[int, int] | list[int]) -> SQLQuery:
+    sql = _impl.compose
+    if isinstance(key, int) and not isinstance(key, bool):
+        return sql.compose(f"SELECT {function}({{}}::int8)", (key,), {})  # type: ignore[no-any-return]
+    if (
+        isinstance(key, (tuple, list))
+        and len(key) == 2
+        and all(isinstance(k, int) and not isinstance(k, bool) for k in key)
+    ):
+        return sql.compose(  # type: ignore[no-any-return]
+            f"SELECT {function}({{}}::int4, {{}}::int4)", (key[0], key[1]), {}
+        )
+    raise TypeError(f"an advisory lock key is an int or a pair of ints, not {key!r}")
+
+
+def ended(what: str) -> NoReturn:
+    raise Error(
+        f"this {what} has already ended and cannot be used any more; "
+        f"run the work inside the {what}'s block (or function)"
+    )

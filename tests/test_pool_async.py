@@ -1,0 +1,630 @@
+"""Pools, querying, transactions and errors on a real server (API.md §2-§6).
+
+This file is the source of ``test_pool_sync.py`` (``tools/async_to_sync.py``),
+so the sync and async pools pass the same tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from pgfast._exceptions import Error, PoolClosedError, PoolTimeoutError
+from pgfast._pool import create_async_pool
+from pgfast._pool_async import AsyncConnectionPool, AsyncTransaction
+from pgfast._pool_common import IsolationLevel
+from pgfast._sql import sql
+
+
+@pytest.fixture
+async def db(pg_url: str) -> AsyncIterator[AsyncConnectionPool]:
+    async with create_async_pool(pg_url, pool_size=4, queue_timeout=10) as pool:
+        yield pool
+
+
+@pytest.fixture
+async def table(db: AsyncConnectionPool) -> AsyncIterator[Any]:
+    name = sql.ident(f"t_{uuid.uuid4().hex[:12]}")
+    await db.execute(sql("CREATE TABLE {} (id int PRIMARY KEY, v text)", name))
+    yield name
+    await db.execute(sql("DROP TABLE {}", name))
+
+
+def _password(url: str) -> str:
+    password = urlsplit(url).password
+    assert password, "the test server URL must carry a password"
+    return password
+
+
+def _with(url: str, **parts: Any) -> str:
+    u = urlsplit(url)
+    netloc = f"{parts.get('user', u.username)}:{parts.get('password', u.password)}@"
+    netloc += f"{u.hostname}:{parts.get('port', u.port)}"
+    return urlunsplit((u.scheme, netloc, "/" + parts.get("dbname", u.path[1:]), u.query, ""))
+
+
+async def _until_idle(db: AsyncConnectionPool) -> None:
+    for _ in range(100):
+        if db.stats()["in_use"] == 0:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"connections still in use: {db.stats()}")
+
+
+async def _backend_pid(q: Any) -> int:
+    return int(await q.query_value(sql("SELECT pg_backend_pid()")))
+
+
+# -- querying ------------------------------------------------------------------
+
+
+async def test_rows_are_dicts_with_postgres_types(db: AsyncConnectionPool) -> None:
+    rows = await db.query(
+        sql(
+            "SELECT {}::int8 AS i, {}::numeric AS n, {} AS j, now() AS ts, {} AS arr",
+            2**40,
+            "1.5",
+            {"k": [1, "x"]},
+            [1, 2, 3],
+        )
+    )
+    assert len(rows) == 1
+    row = rows[0]
+    assert row["i"] == 2**40
+    assert row["n"] == Decimal("1.5")
+    assert row["j"] == {"k": [1, "x"]}
+    assert isinstance(row["ts"], datetime) and row["ts"].tzinfo is not None
+    assert row["arr"] == [1, 2, 3]
+    assert await db.query_value(sql("SELECT pg_typeof({})::text", {"a": 1})) == "jsonb"
+
+
+async def test_tuple_rows(pg_url: str) -> None:
+    async with create_async_pool(pg_url, row_type="tuple") as db:
+        assert await db.query(sql("SELECT 1 AS a, {}::text AS b", "x")) == [(1, "x")]
+        async with aclosing(db.query_stream(sql("SELECT 1"))) as stream:
+            assert [row async for row in stream] == [(1,)]
+
+
+async def test_statement_without_rows_gives_empty_list(db: AsyncConnectionPool, table: Any) -> None:
+    assert await db.query(sql("INSERT INTO {} VALUES (1, 'a')", table)) == []
+    assert await db.query(sql("SELECT * FROM {} WHERE id = {}", table, 99)) == []
+
+
+async def test_multi_statement_text_without_parameters(db: AsyncConnectionPool) -> None:
+    assert await db.query(sql("SELECT 1 AS a; SELECT 2 AS b")) == [{"b": 2}]
+
+
+async def test_query_list_runs_in_one_transaction(db: AsyncConnectionPool, table: Any) -> None:
+    results = await db.query(
+        [
+            sql("INSERT INTO {} VALUES ({}, {}) RETURNING id", table, 1, "a"),
+            sql("SELECT count(*) AS n FROM {}", table),
+            sql("SELECT txid_current() AS x"),
+            sql("SELECT txid_current() AS x"),
+        ]
+    )
+    assert results[0] == [{"id": 1}]
+    assert results[1] == [{"n": 1}]
+    assert results[2] == results[3]  # same transaction
+    with pytest.raises(psycopg.errors.UniqueViolation) as info:
+        await db.query(
+            [
+                sql("INSERT INTO {} VALUES ({}, 'b')", table, 2),
+                sql("INSERT INTO {} VALUES ({}, 'c')", table, 1),
+            ]
+        )
+    assert "[redacted]" in str(info.value)
+    assert await db.query_value(sql("SELECT count(*) FROM {}", table)) == 1
+    assert await db.query([]) == []
+    assert db.stats()["in_use"] == 0
+
+
+async def test_query_list_and_stream_inside_transaction_and_connection(
+    db: AsyncConnectionPool, table: Any
+) -> None:
+    async with db.transaction() as tx:
+        await tx.execute(sql("INSERT INTO {} VALUES (1, 'a')", table))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await tx.query(
+                [
+                    sql("INSERT INTO {} VALUES (2, 'b')", table),
+                    sql("INSERT INTO {} VALUES (1, 'dup')", table),
+                ]
+            )
+        # Only the list was rolled back (a savepoint): the transaction goes on.
+        rows = [row["id"] async for row in tx.query_stream(sql("SELECT id FROM {}", table))]
+        assert rows == [1]
+    async with db.connection() as conn:
+        streamed = [r["n"] async for r in conn.query_stream(sql("SELECT generate_series(1, 3) n"))]
+        assert streamed == [1, 2, 3]
+        assert await conn.query_value(sql("SELECT count(*) FROM {}", table)) == 1
+
+
+async def test_anything_but_sql_query_is_a_type_error(db: AsyncConnectionPool) -> None:
+    for call in (db.query, db.query_one, db.query_value, db.execute):
+        with pytest.raises(TypeError, match=r"build queries with pgfast\.sql"):
+            await call("SELECT 1")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"build queries with pgfast\.sql"):
+        await db.query([sql("SELECT 1"), "SELECT 2"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match=r"build queries with pgfast\.sql"):
+        await db.query_stream("SELECT 1").__anext__()  # type: ignore[arg-type]
+
+
+async def test_query_one_and_query_value(db: AsyncConnectionPool) -> None:
+    assert await db.query_one(sql("SELECT 1 AS a WHERE false")) is None
+    assert await db.query_one(sql("SELECT {}::int AS a", 5)) == {"a": 5}
+    with pytest.raises(Error, match=r"at most one row.*returned 2"):
+        await db.query_one(sql("SELECT generate_series(1, 2)"))
+    assert await db.query_value(sql("SELECT {}::text, 2", "v")) == "v"
+    with pytest.raises(Error, match=r"exactly one row.*returned 0"):
+        await db.query_value(sql("SELECT 1 WHERE false"))
+
+
+async def test_execute_returns_row_count(db: AsyncConnectionPool, table: Any) -> None:
+    insert = sql("INSERT INTO {} SELECT g, 'x' FROM generate_series(1, 7) g", table)
+    assert await db.execute(insert) == 7
+    assert await db.execute(sql("UPDATE {} SET v = 'y' WHERE id > {}", table, 4)) == 3
+    assert await db.execute(sql("DELETE FROM {} WHERE id < 0", table)) == 0
+
+
+async def test_query_stream_batches_and_releases(db: AsyncConnectionPool) -> None:
+    q = sql("SELECT g AS n FROM generate_series(1, {}) g", 2500)
+    rows = [row["n"] async for row in db.query_stream(q, batch_size=100)]
+    assert rows == list(range(1, 2501))
+    assert db.stats()["in_use"] == 0
+    async with aclosing(db.query_stream(q, batch_size=10)) as stream:
+        async for row in stream:
+            assert db.stats()["in_use"] == 1
+            if row["n"] == 15:
+                break
+    assert db.stats()["in_use"] == 0
+    with pytest.raises(ZeroDivisionError):
+        async for row in db.query_stream(q):
+            row["n"] / 0
+    # An abandoned async generator is closed by the event loop soon after.
+    await _until_idle(db)
+    with pytest.raises(ValueError, match="batch_size"):
+        await db.query_stream(q, batch_size=0).__anext__()
+
+
+async def test_query_stream_error_in_query(db: AsyncConnectionPool) -> None:
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        async for _ in db.query_stream(sql("SELECT * FROM no_such_table_x")):
+            pass
+    assert db.stats()["in_use"] == 0
+    assert await db.query_value(sql("SELECT 1")) == 1
+
+
+# -- transactions ----------------------------------------------------------------
+
+
+async def test_tx_commits_and_returns(db: AsyncConnectionPool, table: Any) -> None:
+    async def work(tx: AsyncTransaction) -> int:
+        await tx.execute(sql("INSERT INTO {} VALUES (1, 'a')", table))
+        return int(await tx.query_value(sql("SELECT count(*) FROM {}", table)))
+
+    assert await db.tx(work) == 1
+    assert await db.query_value(sql("SELECT count(*) FROM {}", table)) == 1
+
+
+async def test_tx_rolls_back_and_reraises(db: AsyncConnectionPool, table: Any) -> None:
+    async def work(tx: AsyncTransaction) -> None:
+        await tx.execute(sql("INSERT INTO {} VALUES (1, 'a')", table))
+        raise KeyError("boom")
+
+    with pytest.raises(KeyError):
+        await db.tx(work)
+    assert await db.query_value(sql("SELECT count(*) FROM {}", table)) == 0
+    assert db.stats()["in_use"] == 0
+
+
+async def test_tx_options(db: AsyncConnectionPool) -> None:
+    async def settings(tx: AsyncTransaction) -> list[Any]:
+        return [
+            await tx.query_value(sql("SHOW transaction_isolation")),
+            await tx.query_value(sql("SHOW transaction_read_only")),
+            await tx.query_value(sql("SHOW transaction_deferrable")),
+            await tx.query_value(sql("SHOW statement_timeout")),
+            await tx.query_value(sql("SHOW lock_timeout")),
+            await tx.query_value(sql("SHOW idle_in_transaction_session_timeout")),
+        ]
+
+    assert await db.tx(
+        settings,
+        isolation_level=IsolationLevel.SERIALIZABLE,
+        read_only=True,
+        deferrable=True,
+        statement_timeout=1.5,
+        lock_timeout=2,
+        idle_in_transaction_session_timeout=3,
+    ) == ["serializable", "on", "on", "1500ms", "2s", "3s"]
+    assert (await db.tx(settings, isolation_level="repeatable read"))[:2] == [
+        "repeatable read",
+        "off",
+    ]
+    # SET LOCAL ends with the transaction
+    assert await db.query_value(sql("SHOW statement_timeout")) == "0"
+    with pytest.raises(ValueError, match="isolation_level"):
+        await db.tx(settings, isolation_level="sometimes")
+
+
+async def test_read_only_tx_refuses_writes(db: AsyncConnectionPool, table: Any) -> None:
+    async def write(tx: AsyncTransaction) -> None:
+        await tx.execute(sql("INSERT INTO {} VALUES (1, 'a')", table))
+
+    with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+        await db.tx(write, read_only=True)
+
+
+async def test_retry_serialization_failures(db: AsyncConnectionPool, table: Any) -> None:
+    calls: list[int] = []
+    ran: list[int] = []
+
+    async def flaky(tx: AsyncTransaction) -> str:
+        calls.append(len(calls))
+        attempt = len(calls)
+        tx.add_post_commit_step(lambda: ran.append(attempt))
+        await tx.execute(sql("INSERT INTO {} VALUES ({}, 'a')", table, attempt))
+        if attempt < 3:
+            raise psycopg.errors.SerializationFailure("could not serialize access")
+        return "done"
+
+    assert await db.tx(flaky, retry_serialization_failures=True) == "done"
+    assert len(calls) == 3
+    assert ran == [3]  # steps of the failed attempts were dropped
+    assert await db.query_value(sql("SELECT array_agg(id) FROM {}", table)) == [3]
+
+    calls.clear()
+    with pytest.raises(psycopg.errors.SerializationFailure):
+        await db.tx(flaky, retry_serialization_failures=2)
+    assert len(calls) == 2
+
+    async def deadlock(tx: AsyncTransaction) -> None:
+        calls.append(0)
+        raise psycopg.errors.DeadlockDetected("deadlock")
+
+    calls.clear()
+    with pytest.raises(psycopg.errors.DeadlockDetected):
+        await db.tx(deadlock)
+    assert len(calls) == 1
+    calls.clear()
+    with pytest.raises(psycopg.errors.DeadlockDetected):
+        await db.tx(deadlock, retry_serialization_failures=True)
+    assert len(calls) == 10
+    with pytest.raises(ValueError, match="retry_serialization_failures"):
+        await db.tx(deadlock, retry_serialization_failures=0)
+
+
+async def test_other_errors_are_not_retried(db: AsyncConnectionPool) -> None:
+    calls: list[int] = []
+
+    async def fails(tx: AsyncTransaction) -> None:
+        calls.append(1)
+        await tx.query(sql("SELECT 1/0"))
+
+    with pytest.raises(psycopg.errors.DivisionByZero):
+        await db.tx(fails, retry_serialization_failures=True)
+    assert calls == [1]
+
+
+async def test_transaction_context_manager_and_savepoints(
+    db: AsyncConnectionPool, table: Any
+) -> None:
+    async def failing(sp: AsyncTransaction) -> None:
+        await sp.execute(sql("INSERT INTO {} VALUES (2, 'inner')", table))
+        await sp.execute(sql("INSERT INTO {} VALUES (1, 'dup')", table))
+
+    async with db.transaction() as tx:
+        await tx.execute(sql("INSERT INTO {} VALUES (1, 'outer')", table))
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            await tx.tx(failing)
+        sp = tx.transaction()
+        with pytest.raises(psycopg.errors.UniqueViolation):
+            async with sp as savepoint:
+                await failing(savepoint)
+
+        async def inner(sp: AsyncTransaction) -> None:
+            await sp.execute(sql("INSERT INTO {} VALUES (3, 'kept')", table))
+
+        await tx.tx(inner)
+        with pytest.raises(ValueError, match="nested transaction"):
+            tx.transaction(isolation_level="serializable")
+        with pytest.raises(ValueError, match="nested transaction"):
+            await tx.tx(inner, retry_serialization_failures=True)
+    rows = await db.query(sql("SELECT id FROM {} ORDER BY id", table))
+    assert rows == [{"id": 1}, {"id": 3}]
+
+
+async def test_failed_statement_poisons_the_transaction(
+    db: AsyncConnectionPool, table: Any
+) -> None:
+    async def swallow(tx: AsyncTransaction) -> None:
+        await tx.execute(sql("INSERT INTO {} VALUES (1, 'a')", table))
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await tx.query(sql("SELECT 1/0"))
+
+    with pytest.raises(Error, match="rolled back"):
+        await db.tx(swallow)
+    assert await db.query_value(sql("SELECT count(*) FROM {}", table)) == 0
+    assert db.stats()["in_use"] == 0
+
+
+async def test_post_commit_steps(db: AsyncConnectionPool, table: Any) -> None:
+    seen: list[Any] = []
+
+    async def work(tx: AsyncTransaction) -> None:
+        tx.add_post_commit_step(lambda: seen.append(("outer", db.stats()["in_use"])))
+
+        async def rolled_back(sp: AsyncTransaction) -> None:
+            sp.add_post_commit_step(lambda: seen.append("rolled back savepoint"))
+            raise KeyError
+
+        with pytest.raises(KeyError):
+            await tx.tx(rolled_back)
+
+        async def kept(sp: AsyncTransaction) -> None:
+            sp.add_post_commit_step(lambda: seen.append("savepoint"))
+
+        await tx.tx(kept)
+        assert seen == []
+
+    await db.tx(work)
+    assert seen == [("outer", 0), "savepoint"]
+
+    async def fails(tx: AsyncTransaction) -> None:
+        tx.add_post_commit_step(lambda: seen.append("never"))
+        raise KeyError
+
+    with pytest.raises(KeyError):
+        await db.tx(fails)
+    assert "never" not in seen
+
+
+async def test_advisory_locks(db: AsyncConnectionPool) -> None:
+    async with db.transaction() as tx:
+        await tx.advisory_lock(4242)
+        assert await tx.try_advisory_lock((1, 2)) is True
+        async with db.transaction() as other:
+            assert await other.try_advisory_lock(4242) is False
+            assert await other.try_advisory_lock((1, 2)) is False
+            assert await other.try_advisory_lock(4243) is True
+        with pytest.raises(TypeError, match="advisory lock key"):
+            await tx.advisory_lock("name")  # type: ignore[arg-type]
+    async with db.transaction() as tx:  # released at commit
+        assert await tx.try_advisory_lock(4242) is True
+
+
+async def test_task_and_connection_use_one_connection(db: AsyncConnectionPool) -> None:
+    async def work(conn: Any) -> set[int]:
+        pids = {await _backend_pid(conn) for _ in range(5)}
+        pids.add(await conn.tx(_backend_pid))
+        return pids
+
+    assert len(await db.task(work)) == 1
+    async with db.connection() as conn:
+        assert len(await work(conn)) == 1
+        async with conn.transaction() as tx:
+            tx.add_post_commit_step(lambda: None)
+    with pytest.raises(Error, match="connection has already ended"):
+        await conn.query(sql("SELECT 1"))
+    with pytest.raises(Error, match="transaction has already ended"):
+        await tx.query(sql("SELECT 1"))
+    with pytest.raises(Error, match="transaction has already ended"):
+        tx.add_post_commit_step(lambda: None)
+    assert db.stats()["in_use"] == 0
+
+
+async def test_exceptions_in_task_and_tx_leak_no_connection(db: AsyncConnectionPool) -> None:
+    async def boom(conn: Any) -> None:
+        await conn.execute(sql("BEGIN"))  # left open on purpose
+        raise RuntimeError
+
+    for _ in range(6):
+        with pytest.raises(RuntimeError):
+            await db.task(boom)
+        with pytest.raises(RuntimeError):
+            await db.tx(boom)
+    stats = db.stats()
+    assert stats["in_use"] == 0 and stats["idle"] == stats["size"]
+    assert await db.query_value(sql("SELECT 1")) == 1
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+async def test_code_frame_in_syntax_errors(db: AsyncConnectionPool) -> None:
+    q = sql("SELECT * FROM foo\nWHERE id = {}\nINER JOIN bar ON bar.id=foo.bar_id", 1)
+    with pytest.raises(psycopg.errors.SyntaxError) as info:
+        await db.query(q)
+    assert info.value.sqlstate == "42601"
+    assert str(info.value) == (
+        'syntax error at or near "INER"\n\n'
+        "  1 | SELECT * FROM foo\n"
+        "  2 | WHERE id = $1\n"
+        "> 3 | INER JOIN bar ON bar.id=foo.bar_id\n"
+        "    | ^^^^"
+    )
+    assert info.value.diag.message_primary == 'syntax error at or near "INER"'
+
+
+async def test_parameter_values_never_in_messages(db: AsyncConnectionPool, table: Any) -> None:
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation) as info:
+        await db.query(sql("SELECT {}::int", "secret-value"))
+    assert "secret-value" not in str(info.value)
+    await db.execute(sql("INSERT INTO {} VALUES ({}, 'x')", table, 777))
+    with pytest.raises(psycopg.errors.UniqueViolation) as unique:
+        await db.execute(sql("INSERT INTO {} VALUES ({}, {})", table, 777, "hush-hush"))
+    message = str(unique.value)
+    assert "777" not in message and "hush-hush" not in message
+    assert "DETAIL:  Key (id)=[redacted] already exists." in message
+    with pytest.raises(psycopg.errors.NotNullViolation) as notnull:
+        await db.execute(sql("INSERT INTO {} VALUES (NULL, {})", table, "q9"))
+    assert "q9" not in str(notnull.value)
+
+
+async def test_error_hooks_and_logging(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    events: list[Any] = []
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("hook failure")
+
+    async with create_async_pool(
+        pg_url,
+        on_query_start=lambda q, text, params: events.append(("start", text, params)),
+        on_query_results=lambda q, text, params, rows: events.append(("rows", rows)),
+        on_query_error=lambda q, text, params, e: events.append(("error", type(e))),
+        on_connection_opened=broken,
+        on_connection_closed=lambda: events.append("closed"),
+    ) as db:
+        with caplog.at_level(logging.ERROR, logger="pgfast"):
+            assert await db.query(sql("SELECT {}::int AS a", 3)) == [{"a": 3}]
+        assert "on_connection_opened hook raised" in caplog.text
+        with pytest.raises(psycopg.errors.DivisionByZero):
+            await db.query(sql("SELECT 1/0"))
+    assert events == [
+        ("start", "SELECT $1::int AS a", [3]),
+        ("rows", [{"a": 3}]),
+        ("start", "SELECT 1/0", []),
+        ("error", psycopg.errors.DivisionByZero),
+        "closed",
+    ]
+
+
+# -- options ---------------------------------------------------------------------
+
+
+async def test_session_options(pg_url: str) -> None:
+    async with create_async_pool(
+        pg_url,
+        schema=["my schema", "public"],
+        statement_timeout=5,
+        lock_timeout=0.25,
+        idle_in_transaction_session_timeout=60,
+        application_name="pgfast tests",
+    ) as db:
+        row = await db.query_one(
+            sql(
+                "SELECT current_setting('search_path') AS sp, "
+                "current_setting('statement_timeout') AS st, "
+                "current_setting('lock_timeout') AS lt, "
+                "current_setting('idle_in_transaction_session_timeout') AS it, "
+                "current_setting('application_name') AS app"
+            )
+        )
+    assert row == {
+        "sp": '"my schema","public"',
+        "st": "5s",
+        "lt": "250ms",
+        "it": "1min",
+        "app": "pgfast tests",
+    }
+
+
+async def test_statement_timeout_option_cancels(pg_url: str) -> None:
+    async with create_async_pool(pg_url, statement_timeout=0.1) as db:
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            await db.query(sql("SELECT pg_sleep(2)"))
+        assert await db.query_value(sql("SELECT 1")) == 1
+
+
+async def test_password_callable_called_per_connection(pg_url: str) -> None:
+    password = _password(pg_url)
+    calls: list[int] = []
+
+    def token() -> str:
+        calls.append(1)
+        return password
+
+    async with create_async_pool(_with(pg_url, password="wrong"), password=token) as db:
+        async with db.connection() as c1, db.connection() as c2:
+            assert await c1.query_value(sql("SELECT 1")) == await c2.query_value(sql("SELECT 1"))
+        assert len(calls) == 2
+        assert password not in repr(db)
+
+
+async def test_max_uses_replaces_connections(pg_url: str) -> None:
+    async with create_async_pool(pg_url, pool_size=1, max_uses=3) as db:
+        pids = [await _backend_pid(db) for _ in range(6)]
+    assert len(set(pids[:3])) == 1 and len(set(pids[3:])) == 1 and pids[0] != pids[3]
+
+
+# -- pool life cycle ---------------------------------------------------------------
+
+
+async def test_pool_timeout_then_recovers(pg_url: str) -> None:
+    async with create_async_pool(pg_url, pool_size=1, queue_timeout=0.3) as db:
+        async with db.connection() as held:
+            await held.query(sql("SELECT 1"))
+            with pytest.raises(PoolTimeoutError) as info:
+                await db.query(sql("SELECT 1"))
+            assert "pool_size=1" in str(info.value)
+            assert "other callers waiting" in str(info.value)
+            assert isinstance(info.value, TimeoutError)
+        assert await db.query_value(sql("SELECT 1")) == 1
+        assert db.stats() == {"size": 1, "idle": 1, "in_use": 0, "waiting": 0, "queries": 2}
+
+
+async def test_dispose_is_idempotent_and_closes(pg_url: str) -> None:
+    db = create_async_pool(pg_url)
+    await db.query(sql("SELECT 1"))
+    await db.dispose()
+    await db.dispose()
+    with pytest.raises(PoolClosedError):
+        await db.query(sql("SELECT 1"))
+    with pytest.raises(PoolClosedError):
+        await db.tx(_backend_pid)
+    assert "closed" in repr(db)
+
+
+async def test_stats_count_queries(db: AsyncConnectionPool) -> None:
+    before = db.stats()["queries"]
+    await db.query(sql("SELECT 1"))
+    await db.query([sql("SELECT 1"), sql("SELECT 2")])
+    assert db.stats()["queries"] == before + 3
+    assert set(db.stats()) >= {"size", "idle", "in_use", "waiting", "queries"}
+
+
+async def test_no_password_in_repr_or_errors(pg_url: str) -> None:
+    password = _password(pg_url)
+    db = create_async_pool(pg_url)
+    assert password not in repr(db) and "password" not in repr(db)
+    await db.dispose()
+    for url in (
+        _with(pg_url, port=1),
+        _with(pg_url, dbname="no_such_db_x"),
+        _with(pg_url, password=password + "x"),
+        _with(pg_url, user="no_such_user_x"),
+    ):
+        bad = create_async_pool(url, queue_timeout=0.5)
+        with pytest.raises(PoolTimeoutError) as info:
+            await bad.query(sql("SELECT 1"))
+        await bad.dispose()
+        assert password not in str(info.value)
+        assert "last connection attempt failed" in str(info.value)
+
+
+async def test_server_ended_session_is_retried(pg_url: str) -> None:
+    errors: list[BaseException] = []
+    admin = create_async_pool(pg_url)
+    async with create_async_pool(pg_url, pool_size=1, on_error=errors.append) as db, admin:
+        pid = await _backend_pid(db)
+        await admin.query(sql("SELECT pg_terminate_backend({})", pid))
+        await asyncio.sleep(0.1)
+        # The dead connection is the next one handed out: the read is re-run.
+        assert await _backend_pid(db) != pid
+        pid = await _backend_pid(db)
+        await admin.query(sql("SELECT pg_terminate_backend({})", pid))
+        await asyncio.sleep(1.1)
+        # Idle long enough to be checked before use: no failed statement at all.
+        assert await _backend_pid(db) != pid
+        assert errors and all(isinstance(e, psycopg.OperationalError) for e in errors)

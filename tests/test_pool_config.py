@@ -1,0 +1,180 @@
+"""Options, connection strings, redaction and code frames: no server needed."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pgfast._config import REDACTED, PoolOptions, resolve_config, session_settings
+from pgfast._exceptions import ConfigurationError
+from pgfast._frame import REDACTED_VALUE, code_frame, redact_params
+from pgfast._pool import create_async_pool, create_pool
+from pgfast._pool_common import IsolationLevel, begin_statement
+
+pytestmark = pytest.mark.nodb
+
+URL = "postgresql://app:s3cr%21t-pw@db.example:5433/appdb"
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name == "DATABASE_URL" or name.startswith("PG"):
+            monkeypatch.delenv(name)
+
+
+def test_database_url_and_libpq_variables(no_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        create_pool()
+    message = str(info.value)
+    assert "DATABASE_URL" in message and 'create_pool("postgresql://' in message
+    with pytest.raises(ConfigurationError):
+        create_async_pool()
+    monkeypatch.setenv("PGHOST", "somewhere")
+    assert resolve_config(None, {}).conninfo == ""
+    monkeypatch.setenv("DATABASE_URL", URL)
+    assert resolve_config(None, {}).conninfo == URL
+    assert resolve_config("host=x dbname=y", {}).conninfo == "host=x dbname=y"
+
+
+def test_unknown_and_invalid_options() -> None:
+    with pytest.raises(TypeError, match="'pool_sise'"):
+        create_pool(URL, pool_sise=3)
+    with pytest.raises(TypeError, match="'bogus'"):
+        create_async_pool(URL, bogus=1)
+    bad: list[dict[str, object]] = [
+        {"pool_size": 0},
+        {"pool_size": True},
+        {"min_size": 5, "pool_size": 2},
+        {"queue_timeout": -1},
+        {"idle_timeout": "30"},
+        {"max_uses": 0},
+        {"row_type": "namedtuple"},
+    ]
+    for options in bad:
+        with pytest.raises(ValueError, match=next(iter(options))):
+            resolve_config(URL, options)
+    for options in ({"schema": 3}, {"password": 42}, {"on_error": "log"}):
+        with pytest.raises(TypeError, match=next(iter(options))):
+            resolve_config(URL, options)
+    with pytest.raises(TypeError, match="connection string must be a str"):
+        create_pool(b"postgresql://x")  # type: ignore[arg-type]
+
+
+def test_defaults_match_the_contract() -> None:
+    opts = resolve_config(URL, {}).options
+    assert opts == PoolOptions()
+    assert (opts.pool_size, opts.min_size, opts.queue_timeout, opts.connect_timeout) == (
+        10,
+        0,
+        60.0,
+        10.0,
+    )
+    assert (opts.idle_timeout, opts.max_lifetime, opts.max_uses, opts.row_type) == (
+        30.0,
+        3600.0,
+        None,
+        "dict",
+    )
+
+
+def test_session_settings_travel_in_libpq_options() -> None:
+    config = resolve_config(
+        URL + "?options=-c%20work_mem%3D8MB",
+        {"schema": ['my "odd" schema', "public"], "statement_timeout": 1.5, "lock_timeout": 2},
+    )
+    assert session_settings(config.options) == {
+        "search_path": '"my ""odd"" schema","public"',
+        "statement_timeout": "1500",
+        "lock_timeout": "2000",
+    }
+    assert config.connect_kwargs["options"] == (
+        "-c work_mem=8MB "
+        '-c search_path="my\\ ""odd""\\ schema","public" '
+        "-c statement_timeout=1500 -c lock_timeout=2000"
+    )
+    assert config.connect_kwargs["autocommit"] is True
+
+
+def test_passwords_are_redacted() -> None:
+    pool = create_pool(URL)
+    assert "s3cr" not in repr(pool) and "password" not in repr(pool)
+    assert "db.example" in repr(pool)
+    config = resolve_config(URL, {})
+    assert config.redact("auth failed for s3cr!t-pw and s3cr%21t-pw") == (
+        f"auth failed for {REDACTED} and {REDACTED}"
+    )
+    with pytest.raises(ConfigurationError) as info:
+        create_pool("postgresql://app:hunter22@db/x?hunter22=1")
+    assert "hunter22" not in str(info.value) and "invalid connection string" in str(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        create_pool("host=db password=hunter22 port")
+    assert "hunter22" not in str(info.value)
+
+
+def test_password_callable_result_is_redacted() -> None:
+    config = resolve_config(URL, {"password": lambda: "rotating-token-1"})
+    assert config.password_kwargs()["password"] == "rotating-token-1"
+    assert "rotating-token-1" not in config.redact("token rotating-token-1 rejected")
+    bad = resolve_config(URL, {"password": lambda: 5})
+    with pytest.raises(ConfigurationError, match="must return a str"):
+        bad.password_kwargs()
+
+
+def test_begin_statement() -> None:
+    assert begin_statement(None, None, None, None, None, None) == "BEGIN"
+    assert begin_statement(IsolationLevel.SERIALIZABLE, True, True, 0.25, None, 10) == (
+        "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; "
+        "SET LOCAL statement_timeout = 250; "
+        "SET LOCAL idle_in_transaction_session_timeout = 10000"
+    )
+    assert begin_statement("Read_Committed", False, False, None, None, None) == (
+        "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE NOT DEFERRABLE"
+    )
+    with pytest.raises(ValueError, match="isolation_level"):
+        begin_statement("snapshot", None, None, None, None, None)
+    with pytest.raises(ValueError, match="lock_timeout"):
+        begin_statement(None, None, None, None, -1, None)
+
+
+def test_code_frame_marks_the_token() -> None:
+    text = "SELECT *\nFROM foo\nWHERE id = $1\nINER JOIN bar ON x\nORDER BY 1\nLIMIT 2\n-- end"
+    position = text.index("INER") + 1
+    assert code_frame(text, position, 'syntax error at or near "INER"') == (
+        "  2 | FROM foo\n"
+        "  3 | WHERE id = $1\n"
+        "> 4 | INER JOIN bar ON x\n"
+        "    | ^^^^\n"
+        "  5 | ORDER BY 1\n"
+        "  6 | LIMIT 2"
+    )
+    lines = "\n".join(f"SELECT {i}" for i in range(1, 12))
+    frame = code_frame(lines, lines.index("SELECT 10") + 8, "")
+    assert frame.splitlines()[2] == "> 10 | SELECT 10"
+    assert frame.splitlines()[3] == "     |        ^^"
+    assert code_frame("SELECT 1 +", 11, "syntax error at end of input").endswith("|           ^")
+
+
+def test_redact_params_rule() -> None:
+    message = 'invalid input syntax for type integer: "ab"'
+    assert redact_params(message, ["ab"]) == (
+        f"invalid input syntax for type integer: {REDACTED_VALUE}"
+    )
+    assert redact_params("Key (id, t)=(1, xy) already exists.", None) == (
+        f"Key (id, t)={REDACTED_VALUE} already exists."
+    )
+    assert "4242" not in redact_params("row 4242 is odd", [4242])
+    assert redact_params("column x is odd", ["x"]) == "column x is odd"  # too short to tell
+    assert "deep-secret" not in redact_params("got deep-secret", [{"k": ["deep-secret"]}])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(min_size=3, max_size=12), min_size=1, max_size=4), st.text(max_size=40))
+def test_redaction_removes_every_long_parameter(params: list[str], noise: str) -> None:
+    message = noise + " ".join(params) + noise
+    redacted = redact_params(message, params)
+    for value in params:
+        assert value not in redacted or value in REDACTED_VALUE

@@ -1,0 +1,240 @@
+"""Reliability of the pools under load, cancellation, restarts and shutdown (issue 3).
+
+Concurrency differs between the flavours (threads vs tasks), so these tests
+are written for each one rather than generated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from pgfast._exceptions import PoolClosedError
+from pgfast._pool import create_async_pool, create_pool
+from pgfast._pool_async import AsyncTransaction
+from pgfast._sql import sql
+from pgfast.testing import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def restartable() -> Iterator[LocalCluster]:
+    """A server of our own: restarting the session's one would disturb other tests."""
+    with LocalCluster() as cluster:
+        yield cluster
+
+
+def test_sync_pool_survives_server_restart(restartable: LocalCluster) -> None:
+    with create_pool(restartable.primary_url, pool_size=4) as db:
+        barrier = threading.Barrier(4)
+
+        def hold() -> None:
+            def wait(conn: Any) -> None:
+                barrier.wait()  # four connections open at once
+
+            db.task(wait)
+
+        threads = [threading.Thread(target=hold) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert db.stats()["size"] == 4
+        restartable.restart_primary()
+        for i in range(20):
+            assert db.query_value(sql("SELECT {}::int", i)) == i
+        assert db.tx(lambda tx: tx.query_value(sql("SELECT 1"))) == 1
+
+
+async def test_async_pool_survives_server_restart(restartable: LocalCluster) -> None:
+    async with create_async_pool(restartable.primary_url, pool_size=4) as db:
+        await asyncio.gather(*(db.query(sql("SELECT pg_sleep(0.05)")) for _ in range(4)))
+        assert db.stats()["size"] == 4
+        await asyncio.to_thread(restartable.restart_primary)
+        queries = [db.query_value(sql("SELECT {}::int", i)) for i in range(20)]
+        results = await asyncio.gather(*queries)
+        assert results == list(range(20))
+        for i in range(5):  # and sequentially, on each kind of connection
+            assert await db.query_value(sql("SELECT {}::int", i)) == i
+
+
+async def test_cancelling_tasks_cancels_queries_on_the_server(pg_url: str) -> None:
+    app = "pgfast-cancel-test"
+    async with create_async_pool(pg_url, pool_size=3, application_name=app) as db:
+        for i in range(100):
+            if i % 2:
+                task = asyncio.create_task(db.query(sql("SELECT pg_sleep(30)")))
+            else:
+                task = asyncio.create_task(db.tx(lambda tx: tx.query(sql("SELECT pg_sleep(30)"))))
+            await asyncio.sleep(0.005 if i % 3 else 0.03)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        stats = db.stats()
+        assert stats["in_use"] == 0 and stats["idle"] == stats["size"]
+        active = await db.query_value(
+            sql(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = {} "
+                "AND pid <> pg_backend_pid() AND state <> 'idle'",
+                app,
+            )
+        )
+        assert active == 0
+        assert await db.query_value(sql("SELECT 1")) == 1
+
+
+async def test_cancelled_query_stops_on_the_server_promptly(pg_url: str) -> None:
+    async with create_async_pool(pg_url, pool_size=1) as db:
+        pid = await db.query_value(sql("SELECT pg_backend_pid()"))
+        task = asyncio.create_task(db.query(sql("SELECT pg_sleep(30)")))
+        await asyncio.sleep(0.2)
+        started = time.monotonic()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert time.monotonic() - started < 5
+        # The same connection comes back clean, and nothing sleeps on the server.
+        assert await db.query_value(sql("SELECT pg_backend_pid()")) == pid
+        sleeping = sql(
+            "SELECT count(*) FROM pg_stat_activity WHERE state = 'active' "
+            "AND query LIKE 'SELECT pg_sleep(30)%'"
+        )
+        assert await db.query_value(sleeping) == 0
+
+
+def test_many_threads_on_a_sync_pool(pg_url: str) -> None:
+    errors: list[BaseException] = []
+    seen: list[list[int]] = [[] for _ in range(50)]
+    with create_pool(pg_url, pool_size=10) as db:
+
+        def worker(n: int) -> None:
+            try:
+                for i in range(200):
+                    seen[n].append(db.query_value(sql("SELECT {}::int * 1000 + {}", n, i)))
+            except BaseException as exc:  # reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(n,)) for n in range(50)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert errors == []
+        assert seen == [[n * 1000 + i for i in range(200)] for n in range(50)]
+        stats = db.stats()
+        assert stats["queries"] == 10000 and stats["in_use"] == 0 and stats["size"] <= 10
+
+
+async def test_many_tasks_on_an_async_pool(pg_url: str) -> None:
+    async with create_async_pool(pg_url, pool_size=10) as db:
+
+        async def one(i: int) -> Any:
+            return await db.query(sql("SELECT {}::int AS i, {}::text AS s", i, str(i)))
+
+        results = await asyncio.gather(*(one(i) for i in range(500)), return_exceptions=True)
+        assert results == [[{"i": i, "s": str(i)}] for i in range(500)]
+        stats = db.stats()
+        assert stats["queries"] == 500 and stats["in_use"] == 0 and stats["size"] <= 10
+
+
+async def test_real_serialization_failures_are_retried(pg_url: str) -> None:
+    async with create_async_pool(pg_url, pool_size=2) as db:
+        await db.execute(sql("CREATE TABLE IF NOT EXISTS pgfast_ser (n int)"))
+        await db.execute(sql("TRUNCATE pgfast_ser"))
+        both_read = asyncio.Barrier(2) if hasattr(asyncio, "Barrier") else None
+        attempts = [0, 0]
+
+        async def add(tx: AsyncTransaction, who: int) -> None:
+            attempts[who] += 1
+            total = await tx.query_value(sql("SELECT coalesce(sum(n), 0) FROM pgfast_ser"))
+            if both_read is not None and attempts[who] == 1:
+                await both_read.wait()
+            else:
+                await asyncio.sleep(0.05)
+            await tx.execute(sql("INSERT INTO pgfast_ser VALUES ({})", total + 1))
+
+        options: dict[str, Any] = {
+            "isolation_level": "serializable",
+            "retry_serialization_failures": True,
+        }
+        await asyncio.gather(*(db.tx(lambda tx, w=who: add(tx, w), **options) for who in (0, 1)))
+        values = await db.query(sql("SELECT n FROM pgfast_ser ORDER BY n"))
+        await db.execute(sql("DROP TABLE pgfast_ser"))
+    assert values == [{"n": 1}, {"n": 2}]  # serial outcome
+    assert sum(attempts) >= 3  # one of them was retried
+
+
+async def test_dispose_lets_running_operations_finish(pg_url: str) -> None:
+    db = create_async_pool(pg_url)
+    running = asyncio.create_task(db.query_value(sql("SELECT pg_sleep(0.3)::text || 'done'")))
+    await asyncio.sleep(0.1)
+    await db.dispose()
+    with pytest.raises(PoolClosedError):
+        await db.query(sql("SELECT 1"))
+    assert await running == "done"
+    assert db.stats()["size"] == 0
+
+
+def test_sync_dispose_lets_running_operations_finish(pg_url: str) -> None:
+    db = create_pool(pg_url)
+    result: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: result.append(db.query_value(sql("SELECT pg_sleep(0.3)::text || 'ok'")))
+    )
+    thread.start()
+    time.sleep(0.1)
+    db.dispose()
+    with pytest.raises(PoolClosedError):
+        db.query(sql("SELECT 1"))
+    thread.join()
+    assert result == ["ok"]
+
+
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_forgotten_pool_does_not_block_exit(pg_url: str, flavour: str) -> None:
+    script = {
+        "sync": """
+            import pgfast._pool as p, pgfast._sql as s, sys
+            db = p.create_pool(sys.argv[1], min_size=2)
+            print(db.query_value(s.sql("SELECT 40 + 2")))
+        """,
+        "async": """
+            import asyncio, pgfast._pool as p, pgfast._sql as s, sys
+            async def main():
+                db = p.create_async_pool(sys.argv[1], min_size=2)
+                print(await db.query_value(s.sql("SELECT 40 + 2")))
+            asyncio.run(main())
+        """,
+    }[flavour]
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(script), pg_url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert (result.returncode, result.stdout.strip()) == (0, "42"), result.stderr
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 10
+
+
+def test_errors_on_idle_connections_reach_on_error(pg_url: str) -> None:
+    errors: list[BaseException] = []
+    with (
+        create_pool(pg_url, pool_size=1, on_error=errors.append) as db,
+        create_pool(pg_url) as admin,
+    ):
+        pid = db.query_value(sql("SELECT pg_backend_pid()"))
+        admin.execute(sql("SELECT pg_terminate_backend({})", pid))
+        time.sleep(1.2)
+        assert db.query_value(sql("SELECT pg_backend_pid()")) != pid
+    assert len(errors) == 1 and isinstance(errors[0], psycopg.OperationalError)
