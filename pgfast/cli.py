@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
+from . import _check
 from .testing._local import ClusterError, LocalCluster, stop_from_state
 
 Configure = Callable[[argparse.ArgumentParser], None]
@@ -139,12 +140,15 @@ COMMANDS: dict[str, tuple[str, Configure, Handler]] = {
     "up": ("start a throwaway cluster, print its URLs, leave it running", _add_replicas, _up),
     "down": ("stop every cluster started by `pgfast up`", lambda parser: None, _down),
     "run": ("run a command against a throwaway cluster, then stop it", _configure_run, _run),
+    "check": (_check.HELP, _check.configure_parser, _check.handler),
 }
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``pgfast`` argument parser, one subparser per entry of ``COMMANDS``."""
-    parser = argparse.ArgumentParser(prog="pgfast", description="Throwaway PostgreSQL servers.")
+    parser = argparse.ArgumentParser(
+        prog="pgfast", description="pgfast: throwaway servers, server checks, benchmarks."
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, configure, handler) in COMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,0 +1,114 @@
+"""``pgfast check [URL...]``: version, role and replication lag of each server.
+
+URLs default to ``$DATABASE_URL`` and the comma-separated
+``$DATABASE_REPLICA_URLS``. Passwords are never printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import dataclass
+from typing import TextIO
+
+import psycopg
+
+from ._cluster_common import STATUS_SQL
+from ._config import resolve_config
+from ._exceptions import ConfigurationError
+
+HELP = "show the version, role and replication lag of each server"
+CHECK_TIMEOUT = 5
+
+
+@dataclass(frozen=True)
+class NodeReport:
+    """What ``check`` found out about one server (``error`` set when unreachable)."""
+
+    display: str
+    version: str | None = None
+    role: str | None = None  # "primary" or "standby"
+    lag: float | None = None  # standby: seconds behind; None when unknown
+    replay_lsn: str | None = None  # standby: WAL replayed; primary: WAL written
+    streaming_replicas: int | None = None  # primary: standbys connected to it
+    error: str | None = None
+
+    def line(self) -> str:
+        if self.error is not None:
+            return f"{self.display}: DOWN ({self.error})"
+        text = f"{self.display}: PostgreSQL {self.version}, {self.role}"
+        if self.role == "primary":
+            return f"{text}, WAL at {self.replay_lsn}, {self.streaming_replicas} streaming replicas"
+        lag = "unknown" if self.lag is None else f"{self.lag:.3f} s"
+        return f"{text}, replayed {self.replay_lsn}, lag {lag}"
+
+
+def default_urls() -> list[str]:
+    """``$DATABASE_URL`` then each of ``$DATABASE_REPLICA_URLS``."""
+    urls = [os.environ.get("DATABASE_URL", "")]
+    urls += os.environ.get("DATABASE_REPLICA_URLS", "").split(",")
+    return [u.strip() for u in urls if u.strip()]
+
+
+def check_node(url: str) -> NodeReport:
+    """Connect to ``url`` and report on it; a failure is a report, not an exception."""
+    config = resolve_config(url, {"connect_timeout": CHECK_TIMEOUT}, "check")
+    try:
+        with psycopg.connect(config.conninfo, **config.connect_kwargs) as conn:
+            version = conn.execute("SHOW server_version").fetchone()
+            standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+            assert version is not None and standby is not None
+            if standby[0]:
+                status = conn.execute(STATUS_SQL).fetchone()
+                assert status is not None
+                return NodeReport(
+                    config.display, version[0], "standby", status[1], replay_lsn=status[0]
+                )
+            primary = conn.execute(
+                "SELECT pg_current_wal_lsn()::text, "
+                "(SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')"
+            ).fetchone()
+            assert primary is not None
+            return NodeReport(
+                config.display,
+                version[0],
+                "primary",
+                replay_lsn=primary[0],
+                streaming_replicas=primary[1],
+            )
+    except psycopg.Error as exc:
+        return NodeReport(config.display, error=" ".join(config.redact(str(exc)).split()))
+
+
+def check(urls: list[str], out: TextIO | None = None) -> int:
+    """Print one line per server (to stdout by default); the exit code is 1 when any is down."""
+    reports = [check_node(url) for url in urls]
+    for report in reports:
+        print(report.line(), file=out or sys.stdout)
+    return 1 if any(r.error is not None for r in reports) else 0
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "urls",
+        nargs="*",
+        metavar="URL",
+        help="servers to check (default: $DATABASE_URL and $DATABASE_REPLICA_URLS)",
+    )
+
+
+def handler(args: argparse.Namespace) -> int:
+    urls: list[str] = args.urls or default_urls()
+    if not urls:
+        print(
+            "pgfast check: no server given: pass URLs or set DATABASE_URL "
+            "(and DATABASE_REPLICA_URLS)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        return check(urls)
+    except ConfigurationError as exc:
+        print(f"pgfast check: {exc}", file=sys.stderr)
+        return 2

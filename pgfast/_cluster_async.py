@@ -1,0 +1,463 @@
+"""The async primary/replica cluster: the single source.
+
+``_cluster_sync.py`` is generated from this file by ``tools/async_to_sync.py``;
+edit this file and regenerate, never the other. Routing state and decisions
+live in ``_cluster_common``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from contextlib import aclosing, asynccontextmanager
+from types import TracebackType
+from typing import Any, TypeVar, cast
+
+import psycopg
+from psycopg.pq import TransactionStatus
+
+from . import _impl
+from ._cluster_common import (
+    REPLAY_LSN_SQL,
+    STATUS_SQL,
+    WRITE_LSN_SQL,
+    AsyncHealthRunner,
+    ClusterState,
+    Failure,
+    classify_failure,
+)
+from ._exceptions import PoolClosedError
+from ._pool_async import (
+    AsyncConnection,
+    AsyncConnectionPool,
+    AsyncTransaction,
+    _AsyncQueryable,
+)
+from ._pool_common import IsolationLevel, Row, SQLQuery, check_queries, not_a_query
+
+T = TypeVar("T")
+IDLE = TransactionStatus.IDLE
+Operation = Callable[[_AsyncQueryable], Awaitable[T]]
+
+
+def _stream(db: _AsyncQueryable, q: SQLQuery, batch_size: int) -> AsyncGenerator[Row, None]:
+    # The pools' query_stream is a generator, typed as a plain iterator.
+    return cast(AsyncGenerator[Row, None], db.query_stream(q, batch_size))
+
+
+class AsyncCluster:
+    """Writes go to the primary, reads are spread over the replicas (``create_cluster``)."""
+
+    def __init__(
+        self,
+        primary: AsyncConnectionPool,
+        replicas: list[AsyncConnectionPool],
+        state: ClusterState,
+        health_check_interval: float,
+    ) -> None:
+        self._primary = primary
+        self._replicas = replicas
+        self._state = state
+        self._interval = health_check_interval
+        self._closed = False
+        self._health = AsyncHealthRunner(self._health_loop)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{len(self._replicas)} replicas"
+        return f"<pgfast.{type(self).__name__} {state}>"
+
+    @property
+    def primary(self) -> AsyncConnectionPool:
+        """The primary's pool, for direct access."""
+        return self._primary
+
+    @property
+    def replicas(self) -> list[AsyncConnectionPool]:
+        """The replicas' pools, in the order given to ``create_cluster``."""
+        return list(self._replicas)
+
+    # -- querying ------------------------------------------------------------
+
+    async def query(self, q: SQLQuery | list[SQLQuery]) -> Any:
+        """Run ``q`` on a replica when it is read-only, else on the primary.
+
+        A list of queries goes to a replica only when every one is read-only.
+        """
+        if isinstance(q, SQLQuery):
+            read = self._is_read(q)
+        elif isinstance(q, list):
+            read = all(self._is_read(one) for one in check_queries(q))
+        else:
+            not_a_query(q)
+        return await self._route(lambda db: db.query(q), read)
+
+    async def query_one(self, q: SQLQuery) -> Row | None:
+        """The only row of ``q`` (or ``None``), routed like ``query``."""
+        return await self._route(lambda db: db.query_one(q), self._is_read(q))
+
+    async def query_value(self, q: SQLQuery) -> Any:
+        """The first column of the only row of ``q``, routed like ``query``."""
+        return await self._route(lambda db: db.query_value(q), self._is_read(q))
+
+    async def execute(self, q: SQLQuery) -> int:
+        """Run a statement on the primary; return the number of rows it affected."""
+        if not isinstance(q, SQLQuery):
+            not_a_query(q)
+        return await self._route(lambda db: db.execute(q), False)
+
+    async def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> AsyncIterator[Row]:
+        """Yield the rows of ``q`` in batches (see the pool's), from a replica when read-only.
+
+        A replica that fails before the first row is replaced by another node.
+        """
+        self._check_open()
+        if not self._is_read(q):
+            async with self._writer() as db, aclosing(_stream(db, q, batch_size)) as rows:
+                self._state.count_query(None)
+                async for row in rows:
+                    yield row
+            return
+        exclude = 0
+        refused = False
+        while True:
+            i = await self._pick(exclude)
+            if i < 0:
+                break
+            started = False
+            try:
+                async with aclosing(_stream(self._replicas[i], q, batch_size)) as rows:
+                    async for row in rows:
+                        if not started:
+                            started = True
+                            self._state.count_query(i)
+                        yield row
+                if not started:
+                    self._state.count_query(i)
+                return
+            except Exception as exc:
+                failure = classify_failure(exc)
+                if started or failure is Failure.QUERY_ERROR:
+                    raise
+                if failure is Failure.RERUN_ON_PRIMARY:
+                    refused = True
+                    break
+                self._state.mark_down(i, str(exc))
+                exclude |= 1 << i
+            finally:
+                self._state.selector.release(i)
+        if not refused:
+            self._state.no_replica()
+        async with self._writer() as db, aclosing(_stream(db, q, batch_size)) as rows:
+            self._state.count_query(None)
+            async for row in rows:
+                yield row
+
+    # -- transactions and connections ----------------------------------------
+
+    async def tx(
+        self,
+        fn: Callable[[AsyncTransaction], Awaitable[T]],
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        retry_serialization_failures: bool | int = False,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> T:
+        """Run ``fn(tx)`` in a transaction: on a replica when ``read_only``, else the primary.
+
+        A replica that fails before ``fn`` starts is replaced by another node.
+        """
+        started = False
+
+        async def first(tx: AsyncTransaction) -> T:
+            nonlocal started
+            started = True
+            return await fn(tx)
+
+        async def op(db: _AsyncQueryable) -> T:
+            assert isinstance(db, (AsyncConnectionPool, AsyncConnection))
+            return await db.tx(
+                first,
+                isolation_level=isolation_level,
+                read_only=read_only,
+                deferrable=deferrable,
+                retry_serialization_failures=retry_serialization_failures,
+                statement_timeout=statement_timeout,
+                lock_timeout=lock_timeout,
+                idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+            )
+
+        return await self._route(op, bool(read_only), lambda: started)
+
+    @asynccontextmanager
+    async def transaction(
+        self,
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> AsyncIterator[AsyncTransaction]:
+        """One transaction attempt: on a replica when ``read_only``, else on the primary."""
+        options: dict[str, Any] = {
+            "isolation_level": isolation_level,
+            "read_only": read_only,
+            "deferrable": deferrable,
+            "statement_timeout": statement_timeout,
+            "lock_timeout": lock_timeout,
+            "idle_in_transaction_session_timeout": idle_in_transaction_session_timeout,
+        }
+        self._check_open()
+        if read_only:
+            exclude = 0
+            while (i := await self._pick(exclude)) >= 0:
+                block = self._replicas[i].transaction(**options)
+                try:
+                    tx = await block.__aenter__()
+                except Exception as exc:
+                    self._state.selector.release(i)
+                    if classify_failure(exc) is not Failure.NODE_DOWN:
+                        raise
+                    self._state.mark_down(i, str(exc))
+                    exclude |= 1 << i
+                    continue
+                self._state.count_query(i)
+                try:
+                    try:
+                        yield tx
+                    except BaseException as exc:
+                        if self._node_down(exc):
+                            self._state.mark_down(i, str(exc))
+                        await block.__aexit__(type(exc), exc, exc.__traceback__)
+                        raise
+                    await block.__aexit__(None, None, None)
+                finally:
+                    self._state.selector.release(i)
+                return
+            self._state.no_replica()
+        self._state.count_query(None)
+        async with self._writer() as db:
+            assert isinstance(db, (AsyncConnectionPool, AsyncConnection))
+            async with db.transaction(**options) as tx:
+                yield tx
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[AsyncConnection]:
+        """A dedicated connection to the primary for the block."""
+        self._check_open()
+        self._state.count_query(None)
+        async with self._primary_connection() as conn:
+            yield conn
+
+    async def task(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+        """Run ``fn(connection)`` with a dedicated connection to the primary."""
+        async with self.connection() as conn:
+            return await fn(conn)
+
+    # -- read-your-writes ----------------------------------------------------
+
+    def write_token(self) -> str | None:
+        """The WAL position of this context's last write (``read_your_writes``), or None.
+
+        Pass it to ``read_after`` in another process to read that write back.
+        """
+        return self._state.write_token()
+
+    def read_after(self, token: str | None) -> contextlib.AbstractContextManager[None]:
+        """``with cluster.read_after(token):`` reads see the writes ``token`` stands for."""
+        return self._state.read_after(token)
+
+    # -- life cycle ----------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Per node: its pool's stats, reads/writes routed to it, and for replicas
+        ``up``, ``in_flight``, ``lag`` (seconds) and ``replay_lsn``."""
+        state = self._state
+        return {
+            "primary": state.node_stats(None, self._primary.stats()),
+            "replicas": [state.node_stats(i, p.stats()) for i, p in enumerate(self._replicas)],
+        }
+
+    async def dispose(self) -> None:
+        """Stop the health checks and dispose every pool. Calling it again does nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._health.stop()
+        for pool in (self._primary, *self._replicas):
+            await pool.dispose()
+
+    async def __aenter__(self) -> AsyncCluster:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.dispose()
+
+    # -- routing -------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise PoolClosedError("the cluster was disposed")
+        self._health.ensure_started()
+
+    @staticmethod
+    def _is_read(q: SQLQuery) -> bool:
+        if not isinstance(q, SQLQuery):
+            not_a_query(q)
+        return bool(_impl.classify.is_read_only(q.format()[0]))
+
+    @staticmethod
+    def _node_down(exc: BaseException) -> bool:
+        return isinstance(exc, Exception) and classify_failure(exc) is Failure.NODE_DOWN
+
+    async def _route(
+        self, op: Operation[T], read: bool, started: Callable[[], bool] | None = None
+    ) -> T:
+        """Run ``op`` on a replica for a read, else (or as a fallback) on the primary.
+
+        ``started`` is given for transactions: they are retried elsewhere only
+        when the user's function has not started, and never re-run on the primary
+        because a replica refused a write (that was the caller's choice).
+        """
+        self._check_open()
+        state = self._state
+        if read:
+            exclude = 0
+            while (i := await self._pick(exclude)) >= 0:
+                try:
+                    result = await op(self._replicas[i])
+                except Exception as exc:
+                    failure = classify_failure(exc)
+                    if failure is Failure.QUERY_ERROR:
+                        raise
+                    if failure is Failure.RERUN_ON_PRIMARY:
+                        if started is not None:
+                            raise
+                        read = False  # the replica refused it as a write
+                        break
+                    state.mark_down(i, str(exc))
+                    if started is not None and started():
+                        raise
+                    exclude |= 1 << i
+                    continue
+                finally:
+                    state.selector.release(i)
+                state.count_query(i)
+                return result
+            if read:
+                state.no_replica()
+        state.count_query(None)
+        if read or not state.read_your_writes:
+            return await op(self._primary)
+        async with self._primary_connection() as conn:
+            return await op(conn)
+
+    async def _pick(self, exclude: int) -> int:
+        """A replica (counted in flight) for a read, or -1 for the primary."""
+        state = self._state
+        i: int = state.selector.pick(state.eligible(exclude))
+        if i >= 0 or not state.token.get():
+            return i
+        # No replica is known to have replayed this context's writes: ask one.
+        i = state.selector.pick(state.candidates(exclude))
+        if i < 0:
+            return i
+        try:
+            async with self._replicas[i]._raw_connection() as conn:
+                cur = await conn.execute(REPLAY_LSN_SQL)
+                row = await cur.fetchone()
+        except Exception as exc:
+            state.selector.release(i)
+            if classify_failure(exc) is not Failure.NODE_DOWN:
+                raise
+            state.mark_down(i, str(exc))
+            return -1
+        state.note_replay(i, None if row is None else row[0])
+        if state.reached_token(i):
+            return i
+        state.selector.release(i)
+        return -1
+
+    @asynccontextmanager
+    async def _writer(self) -> AsyncIterator[_AsyncQueryable]:
+        """The primary: its pool, or with read_your_writes a connection whose
+        writes are recorded."""
+        if not self._state.read_your_writes:
+            yield self._primary
+            return
+        async with self._primary_connection() as conn:
+            yield conn
+
+    @asynccontextmanager
+    async def _primary_connection(self) -> AsyncIterator[AsyncConnection]:
+        """A primary connection; with read_your_writes, the WAL position reached on it
+        at the end of the block becomes this context's token."""
+        async with self._primary.connection() as conn:
+            if not self._state.read_your_writes:
+                yield conn
+                return
+            try:
+                yield conn
+            except BaseException:
+                # The block may have committed writes before it failed.
+                with contextlib.suppress(Exception):
+                    await self._record_write(conn)
+                raise
+            await self._record_write(conn)
+
+    async def _record_write(self, conn: AsyncConnection) -> None:
+        async with conn._raw_connection() as raw:
+            if raw.closed or raw.pgconn.transaction_status != IDLE:
+                return
+            cur = await raw.execute(WRITE_LSN_SQL)
+            row = await cur.fetchone()
+        self._state.wrote(None if row is None else row[0])
+
+    # -- health --------------------------------------------------------------
+
+    async def _health_loop(self, runner: AsyncHealthRunner) -> None:
+        """Probe every replica each ``health_check_interval`` on its own connection:
+        down ones come back when they answer, up ones report replay position and lag."""
+        probes: list[psycopg.AsyncConnection[Any] | None] = [None] * len(self._replicas)
+        try:
+            while True:
+                for i, conn in enumerate(probes):
+                    probes[i] = await self._probe(i, conn)
+                if await runner.sleep(self._interval):
+                    break
+        finally:
+            for conn in probes:
+                if conn is not None:
+                    await conn.close()
+
+    async def _probe(
+        self, i: int, conn: psycopg.AsyncConnection[Any] | None
+    ) -> psycopg.AsyncConnection[Any] | None:
+        state = self._state
+        config = self._replicas[i]._config
+        try:
+            if conn is None or conn.closed:
+                conn = await psycopg.AsyncConnection.connect(
+                    config.conninfo, **config.password_kwargs()
+                )
+            cur = await conn.execute(STATUS_SQL)
+            row = await cur.fetchone()
+            assert row is not None
+        except Exception as exc:
+            state.mark_down(i, config.redact(str(exc)))
+            if conn is not None:
+                await conn.close()
+            return None
+        state.record_status(i, row[0], row[1])
+        state.mark_up(i)
+        return conn

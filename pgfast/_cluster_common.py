@@ -1,0 +1,365 @@
+"""Pieces shared by ``AsyncCluster`` and its generated sync twin ``Cluster``.
+
+Routing state and decisions (which replicas may serve a read, what an error
+means for a node), WAL positions (LSNs) and write tokens, the replica status
+query, the background health runners, the public ``is_read_only`` and
+``create_cluster``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import re
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+
+from . import _impl
+from ._exceptions import Error, PoolClosedError, PoolTimeoutError
+from ._pool_common import SQLQuery, logger, not_a_query
+
+if TYPE_CHECKING:
+    from ._cluster_async import AsyncCluster
+    from ._cluster_sync import Cluster
+
+__all__ = ["create_cluster", "is_read_only"]
+
+# The primary's WAL position right after a write: the insert position is never
+# below the end of the write's commit record, even with synchronous_commit=off.
+WRITE_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
+REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
+# One round trip per replica and health tick: replay position and lag in
+# seconds. A replica that has replayed everything it received is not behind,
+# however old its last replayed transaction is (an idle primary sends nothing).
+STATUS_SQL = """\
+SELECT pg_last_wal_replay_lsn()::text,
+       CASE
+         WHEN NOT pg_is_in_recovery() THEN 0
+         WHEN pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() THEN 0
+         ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+       END"""
+
+# Replica errors that say "this statement writes" or "this replica could not
+# finish a read because of replay" (recovery conflicts): the replica wrote
+# nothing, so the primary runs the statement again.
+RERUN_ON_PRIMARY = frozenset({"25006", "40001", "40P01"})
+
+_LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
+
+
+def parse_lsn(token: str) -> int:
+    """A PostgreSQL LSN (``"16/B374D848"``) as an int; a malformed one is a ``ValueError``."""
+    if not isinstance(token, str):
+        raise TypeError(f"a write token is a str, not {type(token).__name__}")
+    match = _LSN.fullmatch(token)
+    if match is None:
+        raise ValueError(
+            f"invalid write token {token!r}: expected a WAL position such as '16/B374D848' "
+            "(a value returned by cluster.write_token())"
+        )
+    return int(match.group(1), 16) << 32 | int(match.group(2), 16)
+
+
+def format_lsn(lsn: int) -> str:
+    """The PostgreSQL text form of an LSN."""
+    return f"{lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}"
+
+
+def is_read_only(q: SQLQuery) -> bool:
+    """True when ``q`` provably cannot write or lock (so a replica may run it)."""
+    if not isinstance(q, SQLQuery):
+        not_a_query(q)
+    return bool(_impl.classify.is_read_only(q.format()[0]))
+
+
+class Failure(enum.Enum):
+    """What an error raised by a replica means for routing."""
+
+    NODE_DOWN = "node down"  # take the replica out, run the read elsewhere
+    RERUN_ON_PRIMARY = "rerun on primary"  # the replica refused, the primary must run it
+    QUERY_ERROR = "query error"  # the query's own fault: raise it
+
+
+def classify_failure(exc: BaseException) -> Failure:
+    """Whether ``exc`` from a replica is the node's fault, a refused write, or the query's."""
+    if isinstance(exc, (PoolTimeoutError, PoolClosedError)):
+        return Failure.NODE_DOWN
+    if isinstance(exc, psycopg.Error):
+        if exc.sqlstate in RERUN_ON_PRIMARY:
+            return Failure.RERUN_ON_PRIMARY
+        # A statement_timeout (57014) is the query's own doing, not the node's.
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            return Failure.QUERY_ERROR
+        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return Failure.NODE_DOWN
+    return Failure.QUERY_ERROR
+
+
+class ClusterState:
+    """Routing state shared by every thread or task using one cluster.
+
+    The selector tracks which replicas are up and balances reads among them;
+    this class adds what the health loop measured (replay position, lag) and
+    the read-your-writes position of the current context.
+    """
+
+    def __init__(
+        self,
+        replica_count: int,
+        balance: str,
+        max_replica_lag: float | None,
+        read_your_writes: bool,
+        fallback_to_primary: bool,
+    ) -> None:
+        self.selector = _impl.selector.Selector(replica_count, balance)
+        self.count = replica_count
+        self.max_replica_lag = max_replica_lag
+        self.read_your_writes = read_your_writes
+        self.fallback_to_primary = fallback_to_primary
+        self.replay_lsn: list[int | None] = [None] * replica_count
+        self.lag: list[float | None] = [None] * replica_count
+        self.primary_queries = 0
+        self.replica_queries = [0] * replica_count
+        self._lag_ok = (1 << replica_count) - 1 if max_replica_lag is None else 0
+        self._lock = threading.Lock()
+        # One variable per cluster: a token applies to the cluster it came from.
+        self.token: ContextVar[int] = ContextVar(f"pgfast_cluster_token_{id(self)}", default=0)
+
+    # -- read routing --------------------------------------------------------
+
+    def eligible(self, exclude: int) -> int:
+        """Bitmask of the replicas allowed to serve a read now (before up/down)."""
+        mask = self._lag_ok & ~exclude
+        token = self.token.get()
+        if token and mask:
+            replay = self.replay_lsn
+            for i in range(self.count):
+                if mask >> i & 1 and (replay[i] or 0) < token:
+                    mask &= ~(1 << i)
+        return mask
+
+    def candidates(self, exclude: int) -> int:
+        """Bitmask of the replicas close enough (``max_replica_lag``), whatever the token."""
+        return self._lag_ok & ~exclude
+
+    def reached_token(self, i: int) -> bool:
+        return (self.replay_lsn[i] or 0) >= self.token.get()
+
+    def no_replica(self) -> None:
+        """Called when no replica can serve a read: raise unless the primary may."""
+        if not self.fallback_to_primary and not self.token.get():
+            raise Error(
+                "no replica can serve this read (all are down or too far behind) and "
+                "fallback_to_primary is False"
+            )
+
+    def count_query(self, replica: int | None) -> None:
+        with self._lock:
+            if replica is None:
+                self.primary_queries += 1
+            else:
+                self.replica_queries[replica] += 1
+
+    # -- measurements --------------------------------------------------------
+
+    def record_status(self, i: int, replay: str | None, lag: float | None) -> None:
+        """Store what the health loop measured on replica ``i``."""
+        self.note_replay(i, replay)
+        self.lag[i] = lag
+        limit = self.max_replica_lag
+        if limit is not None:
+            bit = 1 << i
+            with self._lock:
+                if lag is not None and lag <= limit:
+                    self._lag_ok |= bit
+                else:
+                    self._lag_ok &= ~bit
+
+    def note_replay(self, i: int, replay: str | None) -> None:
+        lsn = None if replay is None else parse_lsn(replay)
+        with self._lock:
+            current = self.replay_lsn[i]
+            # Replay only moves forward; a stale concurrent answer must not rewind it.
+            if lsn is not None and (current is None or lsn > current):
+                self.replay_lsn[i] = lsn
+
+    def mark_down(self, i: int, reason: str) -> None:
+        if self.selector.mark_down(i):
+            logger.warning("pgfast: replica %d left rotation: %s", i, reason)
+
+    def mark_up(self, i: int) -> None:
+        if self.selector.mark_up(i):
+            logger.warning("pgfast: replica %d is back in rotation", i)
+
+    # -- read-your-writes ----------------------------------------------------
+
+    def wrote(self, lsn: str | None) -> None:
+        """Remember the WAL position of a write done in the current context."""
+        if lsn is not None:
+            position = parse_lsn(lsn)
+            if position > self.token.get():
+                self.token.set(position)
+
+    def write_token(self) -> str | None:
+        """The current context's read-your-writes position, or ``None``."""
+        token = self.token.get()
+        return format_lsn(token) if token else None
+
+    @contextlib.contextmanager
+    def read_after(self, token: str | None) -> Iterator[None]:
+        """Within the block, reads see at least the writes before ``token``."""
+        position = 0 if token is None else parse_lsn(token)
+        reset = self.token.set(max(position, self.token.get()))
+        try:
+            yield
+        finally:
+            self.token.reset(reset)
+
+    def node_stats(self, replica: int | None, pool_stats: dict[str, int]) -> dict[str, Any]:
+        if replica is None:
+            return {**pool_stats, "routed": self.primary_queries}
+        lsn = self.replay_lsn[replica]
+        return {
+            **pool_stats,
+            "routed": self.replica_queries[replica],
+            "up": self.selector.is_up(replica),
+            "in_flight": self.selector.in_flight(replica),
+            "lag": self.lag[replica],
+            "replay_lsn": None if lsn is None else format_lsn(lsn),
+        }
+
+
+class AsyncHealthRunner:
+    """Runs a cluster's health loop as an asyncio task of the loop using the cluster."""
+
+    def __init__(self, body: Callable[[AsyncHealthRunner], Coroutine[Any, Any, None]]) -> None:
+        self._body = body
+        self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
+
+    def ensure_started(self) -> None:
+        """Start the loop in the running event loop, unless it already runs there."""
+        task = self._task
+        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
+            return
+        self._stop = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._body(self))
+
+    async def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``; True when the loop must stop."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+        return self._stop.is_set()
+
+    async def stop(self) -> None:
+        self._stop.set()
+        task, self._task = self._task, None
+        if task is None or task.done():
+            return
+        try:
+            same_loop = task.get_loop() is asyncio.get_running_loop()
+        except RuntimeError:
+            same_loop = False
+        if same_loop:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        else:
+            task.cancel()
+
+
+class HealthRunner:
+    """Runs a cluster's health loop in a daemon thread (never keeps the process alive)."""
+
+    def __init__(self, body: Callable[[HealthRunner], None]) -> None:
+        self._body = body
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def ensure_started(self) -> None:
+        """Start the thread once."""
+        if self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is None and not self._stop.is_set():
+                self._thread = threading.Thread(
+                    target=self._body, args=(self,), name="pgfast-cluster-health", daemon=True
+                )
+                self._thread.start()
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds``; True when the loop must stop."""
+        return self._stop.wait(seconds)
+
+    def stop(self) -> None:
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+
+def _check_options(
+    balance: str, max_replica_lag: float | None, health_check_interval: float
+) -> None:
+    strategies = _impl.selector.STRATEGIES
+    if balance not in strategies:
+        raise ValueError(
+            f"balance must be one of {', '.join(map(repr, strategies))}, not {balance!r}"
+        )
+    for name, value, optional in (
+        ("max_replica_lag", max_replica_lag, True),
+        ("health_check_interval", health_check_interval, False),
+    ):
+        if value is None and optional:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise ValueError(f"{name} must be a number of seconds > 0, not {value!r}")
+
+
+def create_cluster(
+    primary: Any,
+    replicas: Sequence[Any],
+    *,
+    balance: str = "round_robin",
+    max_replica_lag: float | None = None,
+    read_your_writes: bool = False,
+    fallback_to_primary: bool = True,
+    health_check_interval: float = 1.0,
+) -> Cluster | AsyncCluster:
+    """A primary/replica cluster: writes to ``primary``, reads spread over ``replicas``.
+
+    All pools are sync (a ``Cluster``) or all async (an ``AsyncCluster``).
+    """
+    from ._cluster_async import AsyncCluster
+    from ._cluster_sync import Cluster
+    from ._pool_async import AsyncConnectionPool
+    from ._pool_sync import ConnectionPool
+
+    if isinstance(replicas, (str, bytes, ConnectionPool, AsyncConnectionPool)) or not isinstance(
+        replicas, Sequence
+    ):
+        raise TypeError(f"replicas must be a list of pools, not {type(replicas).__name__}")
+    if not replicas:
+        raise ValueError("a cluster needs at least one replica (replicas is empty)")
+    _check_options(balance, max_replica_lag, health_check_interval)
+    pools = [primary, *replicas]
+    cls: type[Cluster] | type[AsyncCluster]
+    if all(isinstance(p, ConnectionPool) for p in pools):
+        cls = Cluster
+    elif all(isinstance(p, AsyncConnectionPool) for p in pools):
+        cls = AsyncCluster
+    else:
+        kinds = ", ".join(type(p).__name__ for p in pools)
+        raise TypeError(
+            "a cluster's pools must be all sync (create_pool) or all async "
+            f"(create_async_pool), got: {kinds}"
+        )
+    state = ClusterState(
+        len(replicas), balance, max_replica_lag, bool(read_your_writes), bool(fallback_to_primary)
+    )
+    return cls(primary, list(replicas), state, float(health_check_interval))

@@ -1,0 +1,475 @@
+"""The sync cluster (and the sans-IO routing parts) on a real primary + 2 streaming replicas.
+
+Routing is observed through each pool's ``on_query_start`` hook. Tests that
+stop or pause a server of the shared ``pg_cluster`` put it back in ``finally``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from conftest import twin
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pgfast
+from pgfast import _impl
+from pgfast._cluster_common import (
+    Failure,
+    classify_failure,
+    create_cluster,
+    format_lsn,
+    is_read_only,
+    parse_lsn,
+)
+from pgfast._cluster_sync import Cluster
+from pgfast._pool import create_async_pool, create_pool
+from pgfast._sql import sql
+from pgfast.testing import LocalCluster
+
+nodb = pytest.mark.nodb
+FAKE_URL = "postgresql://nobody@127.0.0.1:1/none"
+
+
+class Recorder:
+    """Statement texts seen by each node's pool; node 0 is the primary."""
+
+    def __init__(self, nodes: int) -> None:
+        self.texts: list[list[str]] = [[] for _ in range(nodes)]
+        self.errors: list[list[str | None]] = [[] for _ in range(nodes)]
+
+    def start_hook(self, node: int) -> Any:
+        return lambda q, text, params: self.texts[node].append(text)
+
+    def error_hook(self, node: int) -> Any:
+        return lambda q, text, params, exc: self.errors[node].append(exc.sqlstate)
+
+    def counts(self, needle: str) -> list[int]:
+        return [sum(needle in t for t in texts) for texts in self.texts]
+
+
+def make_cluster(pg_cluster: LocalCluster, rec: Recorder, **options: Any) -> Cluster:
+    urls = [pg_cluster.primary_url, *pg_cluster.replica_urls]
+    pools = [
+        create_pool(
+            url,
+            on_query_start=rec.start_hook(n),
+            on_query_error=rec.error_hook(n),
+            queue_timeout=3,
+            connect_timeout=2,
+        )
+        for n, url in enumerate(urls)
+    ]
+    cluster = create_cluster(pools[0], pools[1:], **options)
+    assert isinstance(cluster, Cluster)
+    return cluster
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder(3)
+
+
+@pytest.fixture
+def table(pg_cluster: LocalCluster) -> Iterator[str]:
+    name = f"cluster_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, note text)")
+        conn.execute(f"INSERT INTO {name} SELECT g, 'seed' FROM generate_series(1, 10) g")
+    pg_cluster.wait_for_replicas()
+    yield name
+    with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE {name}")
+
+
+@pytest.fixture
+def db(pg_cluster: LocalCluster, rec: Recorder) -> Iterator[Cluster]:
+    with make_cluster(pg_cluster, rec) as cluster:
+        yield cluster
+
+
+def wait_until(what: str, check: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+# -- no server needed ----------------------------------------------------------
+
+
+@nodb
+def test_create_cluster_checks_its_arguments() -> None:
+    sync_pools = [create_pool(FAKE_URL) for _ in range(2)]
+    async_pool = create_async_pool(FAKE_URL)
+    with pytest.raises(ValueError, match="at least one replica"):
+        create_cluster(sync_pools[0], [])
+    with pytest.raises(TypeError, match=r"all sync .* or all async"):
+        create_cluster(sync_pools[0], [async_pool])
+    with pytest.raises(TypeError, match="replicas must be a list"):
+        create_cluster(sync_pools[0], sync_pools[1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="balance must be one of"):
+        create_cluster(sync_pools[0], sync_pools[1:], balance="fastest")
+    for bad in (0, -1, "1", True):
+        with pytest.raises(ValueError, match="max_replica_lag"):
+            create_cluster(sync_pools[0], sync_pools[1:], max_replica_lag=bad)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="health_check_interval"):
+        create_cluster(sync_pools[0], sync_pools[1:], health_check_interval=0)
+    with create_cluster(sync_pools[0], sync_pools[1:]) as cluster:
+        assert isinstance(cluster, Cluster)
+        assert cluster.primary is sync_pools[0]
+        assert cluster.replicas == sync_pools[1:]
+        with pytest.raises(TypeError, match=r"build queries with pgfast\.sql"):
+            cluster.query("SELECT 1")  # type: ignore[arg-type]
+    with pytest.raises(pgfast.PoolClosedError):
+        cluster.query(sql("SELECT 1"))
+
+
+READ_ONLY_CASES = [
+    ("SELECT 1", True),
+    ("/* DELETE */ SELECT 'INSERT'", True),
+    ("WITH x AS (SELECT 1) SELECT * FROM x", True),
+    ("SELECT * FROM t FOR UPDATE", False),
+    ("SELECT nextval('s')", False),
+    ("INSERT INTO t VALUES (1)", False),
+    ("WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d", False),
+    ("SELECT 1 INTO t2", False),
+]
+
+
+@nodb
+@pytest.mark.parametrize(("text", "expected"), READ_ONLY_CASES)
+def test_is_read_only_wrapper_agrees_with_both_twins(text: str, expected: bool, impl: str) -> None:
+    assert is_read_only(sql.unsafe(text)) is expected
+    assert twin("_classify", impl).is_read_only(text) is expected
+
+
+@nodb
+def test_is_read_only_takes_sql_queries_only() -> None:
+    with pytest.raises(TypeError, match=r"build queries with pgfast\.sql"):
+        is_read_only("SELECT 1")  # type: ignore[arg-type]
+    # Parameters never change the answer: only the text is classified.
+    assert is_read_only(sql("SELECT * FROM t WHERE note = {}", "DELETE FROM t"))
+
+
+@nodb
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="SELCTINRUPDAFOWH ;'\"$-/*()1x\n", max_size=60))
+def test_is_read_only_wrapper_is_the_classifier(text: str) -> None:
+    assert is_read_only(sql.unsafe(text)) is bool(_impl.classify.is_read_only(text))
+
+
+@nodb
+@settings(max_examples=300, deadline=None)
+@given(st.integers(min_value=0, max_value=(1 << 64) - 1))
+def test_lsn_round_trip(lsn: int) -> None:
+    assert parse_lsn(format_lsn(lsn)) == lsn
+
+
+@nodb
+def test_lsn_parsing() -> None:
+    assert parse_lsn("16/B374D848") == 0x16_B374D848
+    assert parse_lsn("0/0") == 0
+    for bad in ("", "16", "16/", "/1", "G/1", "1/2/3", "123456789/0", " 0/1", "0/1\n"):
+        with pytest.raises(ValueError, match="invalid write token"):
+            parse_lsn(bad)
+    with pytest.raises(TypeError, match="write token is a str"):
+        parse_lsn(5)  # type: ignore[arg-type]
+
+
+@nodb
+def test_failure_classification() -> None:
+    assert classify_failure(pgfast.PoolTimeoutError("busy")) is Failure.NODE_DOWN
+    assert classify_failure(psycopg.OperationalError("gone")) is Failure.NODE_DOWN
+    assert classify_failure(psycopg.errors.AdminShutdown()) is Failure.NODE_DOWN
+    assert classify_failure(psycopg.errors.ReadOnlySqlTransaction()) is Failure.RERUN_ON_PRIMARY
+    assert classify_failure(psycopg.errors.SerializationFailure()) is Failure.RERUN_ON_PRIMARY
+    assert classify_failure(psycopg.errors.QueryCanceled()) is Failure.QUERY_ERROR
+    assert classify_failure(psycopg.errors.SyntaxError()) is Failure.QUERY_ERROR
+    assert classify_failure(psycopg.errors.UndefinedTable()) is Failure.QUERY_ERROR
+    assert classify_failure(ValueError()) is Failure.QUERY_ERROR
+
+
+@nodb
+def test_read_after_rejects_bad_tokens() -> None:
+    with create_cluster(create_pool(FAKE_URL), [create_pool(FAKE_URL)]) as cluster:
+        assert cluster.write_token() is None
+        with pytest.raises(ValueError, match="invalid write token"), cluster.read_after("nope"):
+            pass
+        with cluster.read_after("A/10"):
+            assert cluster.write_token() == "A/10"
+            with cluster.read_after("1/0"):  # an older token never rewinds the position
+                assert cluster.write_token() == "A/10"
+        assert cluster.write_token() is None
+
+
+# -- routing -------------------------------------------------------------------
+
+
+def test_routing(db: Cluster, rec: Recorder, table: str) -> None:
+    tag = "/* routing */ "
+    assert db.query(sql.unsafe(tag + f"SELECT count(*) AS n FROM {table}")) == [{"n": 10}]
+    assert db.query_one(sql.unsafe(tag + f"SELECT id FROM {table} WHERE id = 1")) == {"id": 1}
+    assert db.query_value(sql.unsafe(tag + f"SELECT max(id) FROM {table}")) == 10
+    assert [r["id"] for r in db.query_stream(sql.unsafe(tag + f"SELECT id FROM {table}"), 3)] == [
+        *range(1, 11)
+    ]
+    assert db.query([sql.unsafe(tag + "SELECT 1 AS a"), sql.unsafe(tag + "SELECT 2 AS a")]) == [
+        [{"a": 1}],
+        [{"a": 2}],
+    ]
+    assert db.tx(lambda tx: tx.query_value(sql.unsafe(tag + "SELECT 3")), read_only=True) == 3
+    with db.transaction(read_only=True) as tx:
+        assert tx.query_value(sql.unsafe(tag + "SELECT 4")) == 4
+    primary, r0, r1 = rec.counts(tag)
+    assert primary == 0
+    assert r0 + r1 == 8 and r0 >= 3 and r1 >= 3  # round robin over both replicas
+
+    write = "/* writes */ "
+    db.execute(sql.unsafe(write + f"UPDATE {table} SET note = 'x' WHERE id = 1"))
+    db.query(sql.unsafe(write + f"INSERT INTO {table} VALUES (11, 'q') RETURNING id"))
+    db.query(
+        [sql.unsafe(write + "SELECT 1"), sql.unsafe(write + f"DELETE FROM {table} WHERE id = 11")]
+    )
+    assert db.execute(sql.unsafe(write + "SELECT 1")) == 1  # execute always goes to the primary
+    db.tx(lambda tx: tx.query(sql.unsafe(write + "SELECT 5")))
+    with db.transaction() as tx:
+        tx.query(sql.unsafe(write + "SELECT 6"))
+    db.task(lambda conn: conn.query(sql.unsafe(write + "SELECT 7")))
+    with db.connection() as conn:
+        conn.query(sql.unsafe(write + "SELECT 8"))
+    assert list(db.query_stream(sql.unsafe(write + "SELECT txid_current()")))
+    assert rec.counts(write)[1:] == [0, 0]
+    assert rec.counts(write)[0] == 10
+
+    stats = db.stats()
+    assert stats["primary"]["routed"] == 9
+    assert sum(r["routed"] for r in stats["replicas"]) == 7
+    assert all(r["up"] and r["in_flight"] == 0 for r in stats["replicas"])
+    assert stats["primary"]["queries"] >= 10  # the pool's own stats are included
+
+
+def test_round_robin_spreads_reads_evenly(db: Cluster, rec: Recorder) -> None:
+    for i in range(1000):
+        db.query(sql("/* spread */ SELECT {}::int", i))
+    assert rec.counts("/* spread */") == [0, 500, 500]
+
+
+def test_query_errors_do_not_take_a_replica_out(db: Cluster, rec: Recorder) -> None:
+    for _ in range(4):
+        with pytest.raises(psycopg.errors.SyntaxError):
+            db.query(sql("/* bad */ SELECT FROM WHERE"))
+    assert rec.counts("/* bad */") == [0, 2, 2]  # not retried anywhere
+    assert all(r["up"] for r in db.stats()["replicas"])
+
+
+def test_a_write_refused_by_a_replica_runs_on_the_primary(
+    pg_cluster: LocalCluster, db: Cluster, rec: Recorder, table: str
+) -> None:
+    function = f"{table}_add"
+    with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE FUNCTION {function}(i int) RETURNS int LANGUAGE sql "
+            f"AS $$ INSERT INTO {table} VALUES (i, 'fn') RETURNING id $$"
+        )
+    pg_cluster.wait_for_replicas()
+    q = sql.unsafe(f"SELECT {function}(") + sql("{})", 42)
+    assert is_read_only(q)  # a user function: the classifier cannot know
+    assert db.query_value(q) == 42
+    sent = rec.counts(f"{function}(")
+    assert sent[0] == 1 and sent[1] + sent[2] == 1
+    assert rec.errors[1] + rec.errors[2] == ["25006"]
+    assert (
+        db.primary.query_value(sql.unsafe(f"SELECT count(*) FROM {table} WHERE note = 'fn'")) == 1
+    )
+    with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+        conn.execute(f"DROP FUNCTION {function}")
+
+
+WRITES = [
+    "INSERT INTO {t} VALUES (100, 'w')",
+    "UPDATE {t} SET note = 'u' WHERE id = 100",
+    "WITH d AS (DELETE FROM {t} WHERE id = 100 RETURNING id) SELECT count(*) FROM d",
+    "SELECT * FROM {t} WHERE id = 1 FOR UPDATE",
+    "SELECT * FROM {t} WHERE id = 1 FOR SHARE",
+    "SELECT pg_advisory_lock(1), pg_advisory_unlock(1)",
+    "SELECT id INTO TEMP {t}_copy FROM {t}",
+    "CREATE TEMP TABLE {t}_tmp (a int)",
+    "MERGE INTO {t} USING (VALUES (1)) v(id) ON {t}.id = v.id WHEN MATCHED THEN DO NOTHING",
+    "DO $$ BEGIN PERFORM 1; END $$",
+    "/* SELECT */ DELETE FROM {t} WHERE id = -1",
+    "SELECT txid_current()",
+]
+
+
+def test_writes_never_reach_a_replica(db: Cluster, rec: Recorder, table: str) -> None:
+    for template in WRITES:
+        q = sql.unsafe(template.format(t=table))
+        assert not is_read_only(q), template
+        db.query(q)
+    with db.connection() as conn:
+        conn.query(sql.unsafe("SELECT 1"))
+    assert rec.texts[1] == rec.texts[2] == []
+    assert rec.errors == [[], [], []]
+
+
+# -- replica health --------------------------------------------------------------
+
+
+def test_stopped_replica_fails_no_read_and_rejoins(pg_cluster: LocalCluster, rec: Recorder) -> None:
+    failures: list[BaseException] = []
+    reads = [0]
+    stop = threading.Event()
+    with make_cluster(pg_cluster, rec, health_check_interval=0.2) as db:
+
+        def reader() -> None:
+            while not stop.is_set():
+                try:
+                    assert db.query_value(sql("/* load */ SELECT {}::int", 1)) == 1
+                    reads[0] += 1
+                except BaseException as exc:
+                    failures.append(exc)
+
+        threads = [threading.Thread(target=reader) for _ in range(4)]
+        for thread in threads:
+            thread.start()
+        try:
+            wait_until("reads on both replicas", lambda: min(rec.counts("/* load */")[1:]) > 20)
+            pg_cluster.stop_replica(1)
+            wait_until("replica 1 out", lambda: not db.stats()["replicas"][1]["up"])
+            before = reads[0]
+            wait_until("reads going on", lambda: reads[0] > before + 200)
+            on_stopped = rec.counts("/* load */")[2]
+            pg_cluster.start_replica(1)
+            wait_until("replica 1 back", lambda: db.stats()["replicas"][1]["up"])
+            wait_until(
+                "reads on replica 1 again", lambda: rec.counts("/* load */")[2] > on_stopped + 20
+            )
+        finally:
+            stop.set()
+            for thread in threads:
+                thread.join()
+            pg_cluster.start_replica(1)
+        assert failures == []
+        assert db.stats()["replicas"][0]["up"]
+        health = [t for t in threading.enumerate() if t.name == "pgfast-cluster-health"]
+        assert health and all(t.daemon for t in health)
+    assert not any(t.is_alive() for t in health)  # dispose stopped the health thread
+
+
+def test_all_replicas_down_falls_back_to_the_primary(rec: Recorder) -> None:
+    with LocalCluster(replicas=1) as own:
+        urls = [own.primary_url, *own.replica_urls]
+        pools = [
+            create_pool(u, on_query_start=rec.start_hook(n), queue_timeout=2)
+            for n, u in enumerate(urls)
+        ]
+        with create_cluster(pools[0], pools[1:], health_check_interval=0.2) as db:
+            assert db.query_value(sql("/* one */ SELECT 1")) == 1
+            own.stop_replica(0)
+            for _ in range(20):
+                assert db.query_value(sql("/* one */ SELECT 1")) == 1
+            assert rec.counts("/* one */")[0] == 20
+        pools = [create_pool(u, queue_timeout=2) for u in urls]
+        with (
+            create_cluster(pools[0], pools[1:], fallback_to_primary=False) as strict,
+            pytest.raises(pgfast.Error, match="fallback_to_primary is False"),
+        ):
+            strict.query(sql("SELECT 1"))
+
+
+# -- lag and read-your-writes ----------------------------------------------------------
+
+
+def test_lagging_replica_is_skipped(pg_cluster: LocalCluster, rec: Recorder, table: str) -> None:
+    with make_cluster(pg_cluster, rec, max_replica_lag=0.5, health_check_interval=0.1) as db:
+        # Until the health checks (started by the first operation) have measured
+        # the lag, reads go to the primary.
+        db.query(sql.unsafe("/* unknown */ SELECT 1"))
+        wait_until("lag measured", lambda: all(r["lag"] == 0 for r in db.stats()["replicas"]))
+        pg_cluster.pause_replay(0)
+        try:
+            db.execute(sql.unsafe(f"UPDATE {table} SET note = 'lag' WHERE id = 2"))
+            wait_until("replica 0 behind", lambda: (db.stats()["replicas"][0]["lag"] or 0) > 0.5)
+            for _ in range(50):
+                db.query(sql.unsafe("/* fresh */ SELECT 1"))
+            assert rec.counts("/* fresh */") == [0, 0, 50]
+            assert rec.counts("/* unknown */")[0] <= 1
+        finally:
+            pg_cluster.resume_replay(0)
+        wait_until("replica 0 caught up", lambda: db.stats()["replicas"][0]["lag"] == 0)
+        for _ in range(10):
+            db.query(sql.unsafe("/* again */ SELECT 1"))
+        assert rec.counts("/* again */") == [0, 5, 5]
+
+
+def test_read_your_writes_with_replay_paused(
+    pg_cluster: LocalCluster, rec: Recorder, table: str
+) -> None:
+    with make_cluster(pg_cluster, rec, read_your_writes=True) as db:
+        pg_cluster.pause_replay(0)
+        pg_cluster.pause_replay(1)
+        try:
+            assert db.write_token() is None
+            db.execute(sql.unsafe(f"INSERT INTO {table} VALUES (500, 'mine')"))
+            token = db.write_token()
+            assert token is not None and parse_lsn(token) > 0
+            q = sql.unsafe(f"/* mine */ SELECT note FROM {table} WHERE id = 500")
+            assert db.query(q) == [{"note": "mine"}]
+            assert rec.counts("/* mine */") == [1, 0, 0]
+            # Another thread has its own context: no token, reads go to replicas.
+            other: list[Any] = []
+            thread = threading.Thread(target=lambda: other.append(db.query(q)))
+            thread.start()
+            thread.join()
+            assert other == [[]]
+            # The token carries the write to another cluster object (another process).
+            rec2 = Recorder(3)
+            with make_cluster(pg_cluster, rec2) as db2:
+                assert db2.query(q) == []
+                with db2.read_after(token):
+                    assert db2.query(q) == [{"note": "mine"}]
+                assert rec2.counts("/* mine */")[0] == 1
+        finally:
+            pg_cluster.resume_replay(0)
+            pg_cluster.resume_replay(1)
+        pg_cluster.wait_for_replicas()
+        # Once replayed, the replicas serve this context's reads again.
+        before = sum(rec.counts("/* mine */")[1:])
+        for _ in range(4):
+            assert db.query(q) == [{"note": "mine"}]
+        assert sum(rec.counts("/* mine */")[1:]) == before + 4
+        assert rec.counts("/* mine */")[0] == 1
+
+
+def test_read_your_writes_after_transactions(
+    pg_cluster: LocalCluster, rec: Recorder, table: str
+) -> None:
+    with make_cluster(pg_cluster, rec, read_your_writes=True) as db:
+        pg_cluster.pause_replay(0)
+        pg_cluster.pause_replay(1)
+        try:
+            db.tx(lambda tx: tx.execute(sql.unsafe(f"INSERT INTO {table} VALUES (600, 'tx')")))
+            first = db.write_token()
+            assert first is not None
+            with db.transaction() as tx:
+                tx.execute(sql.unsafe(f"INSERT INTO {table} VALUES (601, 'block')"))
+            second = db.write_token()
+            assert second is not None and parse_lsn(second) > parse_lsn(first)
+            rows = db.tx(
+                lambda tx: tx.query(
+                    sql.unsafe(f"SELECT id FROM {table} WHERE id >= 600 ORDER BY id")
+                ),
+                read_only=True,
+            )
+            assert rows == [{"id": 600}, {"id": 601}]
+        finally:
+            pg_cluster.resume_replay(0)
+            pg_cluster.resume_replay(1)

@@ -1,0 +1,177 @@
+"""The async cluster on a real primary + 2 streaming replicas.
+
+Asyncio-only scenarios (tasks, per-task context); the shared ones are in
+test_cluster.py. Named ``_aio`` so tools/async_to_sync.py does not derive a sync copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import pytest
+from test_cluster import Recorder, table  # noqa: F401  (a fixture)
+
+import pgfast
+from pgfast._cluster_async import AsyncCluster
+from pgfast._cluster_common import create_cluster
+from pgfast._pool import create_async_pool
+from pgfast._sql import sql
+from pgfast.testing import LocalCluster
+
+
+def make_cluster(pg_cluster: LocalCluster, rec: Recorder, **options: Any) -> AsyncCluster:
+    urls = [pg_cluster.primary_url, *pg_cluster.replica_urls]
+    pools = [
+        create_async_pool(
+            url,
+            on_query_start=rec.start_hook(n),
+            on_query_error=rec.error_hook(n),
+            queue_timeout=3,
+            connect_timeout=2,
+        )
+        for n, url in enumerate(urls)
+    ]
+    cluster = create_cluster(pools[0], pools[1:], **options)
+    assert isinstance(cluster, AsyncCluster)
+    return cluster
+
+
+@pytest.fixture
+def rec() -> Recorder:
+    return Recorder(3)
+
+
+@pytest.fixture
+async def db(pg_cluster: LocalCluster, rec: Recorder) -> AsyncIterator[AsyncCluster]:
+    async with make_cluster(pg_cluster, rec) as cluster:
+        yield cluster
+
+
+async def wait_until(what: str, check: Any, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_routing(db: AsyncCluster, rec: Recorder, table: str) -> None:  # noqa: F811
+    tag = "/* routing */ "
+    assert await db.query(sql.unsafe(tag + f"SELECT count(*) AS n FROM {table}")) == [{"n": 10}]
+    assert await db.query_value(sql.unsafe(tag + "SELECT 2")) == 2
+    rows = [r async for r in db.query_stream(sql.unsafe(tag + f"SELECT id FROM {table}"), 4)]
+    assert len(rows) == 10
+
+    async def read(tx: Any) -> Any:
+        return await tx.query_value(sql.unsafe(tag + "SELECT 3"))
+
+    assert await db.tx(read, read_only=True) == 3
+    async with db.transaction(read_only=True) as tx:
+        assert await tx.query_value(sql.unsafe(tag + "SELECT 4")) == 4
+    assert rec.counts(tag) == [0, 3, 2]
+
+    write = "/* writes */ "
+    await db.execute(sql.unsafe(write + f"UPDATE {table} SET note = 'a' WHERE id = 1"))
+    await db.query(sql.unsafe(write + "SELECT * FROM pg_class LIMIT 1 FOR SHARE"))
+
+    async def work(conn: Any) -> Any:
+        return await conn.query(sql.unsafe(write + "SELECT 1"))
+
+    await db.task(work)
+    await db.tx(work)
+    assert rec.counts(write) == [4, 0, 0]
+
+
+async def test_a_write_refused_by_a_replica_runs_on_the_primary(
+    pg_cluster: LocalCluster,
+    db: AsyncCluster,
+    rec: Recorder,
+    table: str,  # noqa: F811
+) -> None:
+    function = f"{table}_add"
+    with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE FUNCTION {function}() RETURNS int LANGUAGE sql "
+            f"AS $$ INSERT INTO {table} VALUES (77, 'fn') RETURNING id $$"
+        )
+    pg_cluster.wait_for_replicas()
+    assert await db.query_value(sql.unsafe(f"SELECT {function}()")) == 77
+    assert rec.counts(f"{function}(")[0] == 1
+    assert rec.errors[1] + rec.errors[2] == ["25006"]
+    with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+        conn.execute(f"DROP FUNCTION {function}")
+
+
+async def test_stopped_replica_fails_none_of_50_tasks(
+    pg_cluster: LocalCluster, rec: Recorder
+) -> None:
+    failures: list[BaseException] = []
+    reads = [0]
+    stop = asyncio.Event()
+    async with make_cluster(pg_cluster, rec, health_check_interval=0.2) as db:
+
+        async def reader() -> None:
+            while not stop.is_set():
+                try:
+                    assert await db.query_value(sql("/* load */ SELECT {}::int", 1)) == 1
+                    reads[0] += 1
+                except Exception as exc:
+                    failures.append(exc)
+
+        tasks = [asyncio.create_task(reader()) for _ in range(50)]
+        try:
+            await wait_until("reads on both", lambda: min(rec.counts("/* load */")[1:]) > 50)
+            await asyncio.to_thread(pg_cluster.stop_replica, 0)
+            await wait_until("replica 0 out", lambda: not db.stats()["replicas"][0]["up"])
+            before = reads[0]
+            await wait_until("reads going on", lambda: reads[0] > before + 300)
+            on_stopped = rec.counts("/* load */")[1]
+            await asyncio.to_thread(pg_cluster.start_replica, 0)
+            await wait_until("replica 0 back", lambda: db.stats()["replicas"][0]["up"])
+            await wait_until(
+                "reads on replica 0 again", lambda: rec.counts("/* load */")[1] > on_stopped + 50
+            )
+        finally:
+            stop.set()
+            await asyncio.gather(*tasks)
+            await asyncio.to_thread(pg_cluster.start_replica, 0)
+        assert failures == []
+        health = db._health._task
+        assert health is not None and not health.done()
+    assert health.done()  # dispose stopped the health task
+    with pytest.raises(pgfast.PoolClosedError):
+        await db.query(sql("SELECT 1"))
+
+
+async def test_read_your_writes_per_task(
+    pg_cluster: LocalCluster,
+    rec: Recorder,
+    table: str,  # noqa: F811
+) -> None:
+    async with make_cluster(pg_cluster, rec, read_your_writes=True) as db:
+        q = sql.unsafe(f"/* mine */ SELECT note FROM {table} WHERE id = 900")
+        await asyncio.to_thread(pg_cluster.pause_replay, 0)
+        await asyncio.to_thread(pg_cluster.pause_replay, 1)
+        try:
+
+            async def writer() -> tuple[Any, str | None]:
+                await db.execute(sql.unsafe(f"INSERT INTO {table} VALUES (900, 'mine')"))
+                return await db.query(q), db.write_token()
+
+            rows, token = await asyncio.create_task(writer())
+            assert rows == [{"note": "mine"}]
+            assert rec.counts("/* mine */") == [1, 0, 0]
+            # This task did not write: its reads may be stale, until it applies the token.
+            assert db.write_token() is None
+            assert await db.query(q) == []
+            assert token is not None
+            with db.read_after(token):
+                assert await db.query(q) == [{"note": "mine"}]
+            assert rec.counts("/* mine */")[0] == 2
+        finally:
+            await asyncio.to_thread(pg_cluster.resume_replay, 0)
+            await asyncio.to_thread(pg_cluster.resume_replay, 1)
