@@ -222,7 +222,10 @@ def _json_text(value: Any) -> str:
 
 def _scalar_text(value: Any) -> str | None:
     """The text form of a value of a common type that ``array_literal`` does not write itself."""
-    if isinstance(value, (Decimal, uuid.UUID)):
+    if isinstance(value, Decimal):
+        # PostgreSQL knows one NaN: not "-NaN", "sNaN" or a NaN with a payload.
+        return "NaN" if value.is_nan() else str(value)
+    if isinstance(value, uuid.UUID):
         return str(value)
     if isinstance(value, (bytes, bytearray, memoryview)):
         return "\\x" + bytes(value).hex()
@@ -291,8 +294,10 @@ class _Column:
         to send) when every value has a known text form, else the list itself."""
         if self.encode is None:
             literal = flatten.array_literal(values, _scalar_text)
-            param = values if literal is None else literal
-            return sql("{}::{}", param, sql.unsafe(self.type_name + "[]"))
+            if literal is None:
+                return sql("{}::{}", values, sql.unsafe(self.type_name + "[]"))
+            self._check_nul(literal, values, first_index)
+            return sql("{}::{}", literal, sql.unsafe(self.type_name + "[]"))
         encoded: list[str | None] = []
         for index, value in enumerate(values, first_index):
             try:
@@ -301,7 +306,19 @@ class _Column:
                 raise type(exc)(
                     f"record {index}, column {self.name!r} ({self.type_name}): {exc}"
                 ) from None
-        return sql("{}::text[]", flatten.array_literal(encoded, None))
+        literal = flatten.array_literal(encoded, None)
+        assert literal is not None  # every element is a str or None
+        self._check_nul(literal, encoded, first_index)
+        return sql("{}::text[]", literal)
+
+    def _check_nul(self, literal: str, values: list[Any], first_index: int) -> None:
+        """PostgreSQL text cannot hold NUL: name the record instead of failing the batch."""
+        if "\x00" in literal:
+            index = next(i for i, v in enumerate(values) if "\x00" in str(v))
+            raise ValueError(
+                f"record {first_index + index}, column {self.name!r} ({self.type_name}): "
+                "the value contains a NUL character (\\x00), which PostgreSQL cannot store"
+            )
 
     def output(self, alias: str) -> SQLQuery:
         if self.encode is None:

@@ -14,6 +14,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from pgfast._flatten_messages import (
+    bad_columns,
+    bad_count,
+    not_a_record,
+    unknown_key,
+    wrong_length,
+)
+
 __all__ = [
     "array_literal",
     "batch_ends",
@@ -30,44 +38,6 @@ _ELEMENT_OVERHEAD = 4
 _FIXED_SIZE = 8
 
 
-# Error builders: shared with the compiled twin so both raise identical messages.
-def not_a_record(record: object, index: int) -> TypeError:
-    return TypeError(
-        f"record {index} is of type {type(record).__name__}, "
-        "not a mapping (dict) or a tuple/list of values"
-    )
-
-
-def unknown_key(key: object, index: int, columns: Sequence[str]) -> ValueError:
-    return ValueError(
-        f"record {index} has key {key!r}, which is not one of the columns {list(columns)!r}"
-    )
-
-
-def wrong_length(length: int, index: int, width: int) -> ValueError:
-    return ValueError(f"record {index} has {length} values, expected {width} (one per column)")
-
-
-def bad_columns(columns: object) -> Exception:
-    """The error for a ``columns`` argument that is not a list of distinct strings."""
-    if not isinstance(columns, (list, tuple)):
-        return TypeError(f"columns must be a list of column names, not {type(columns).__name__}")
-    seen: set[object] = set()
-    for name in columns:
-        if not isinstance(name, str):
-            return TypeError(f"column names must be strings, not {type(name).__name__}: {name!r}")
-        if name in seen:
-            return ValueError(f"column {name!r} is listed twice")
-        seen.add(name)
-    return ValueError(f"invalid columns {columns!r}")
-
-
-def bad_count(column_count: object) -> Exception:
-    if type(column_count) is not int:
-        return TypeError(f"column_count must be an int, not {type(column_count).__name__}")
-    return ValueError(f"column_count must be >= 0, not {column_count}")
-
-
 def _checked_columns(columns: Sequence[str]) -> tuple[tuple[str, ...], frozenset[str]]:
     if isinstance(columns, (list, tuple)):
         names = tuple(columns)
@@ -81,7 +51,8 @@ def _is_mapping(
     record: object, index: int, names: tuple[str, ...], allowed: frozenset[str]
 ) -> bool:
     """Whether ``record`` is a mapping (else a tuple/list); raise if it is not a valid record."""
-    if type(record) is dict or isinstance(record, Mapping):
+    positional = type(record) is tuple or type(record) is list  # skips the slow Mapping check
+    if not positional and (type(record) is dict or isinstance(record, Mapping)):
         if not allowed.issuperset(record):
             key = next(k for k in record if k not in allowed)
             raise unknown_key(key, index, names)

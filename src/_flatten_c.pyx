@@ -1,7 +1,7 @@
 """Turn bulk-loading records into per-column lists or row tuples (compiled twin).
 
-Same names and behaviour as ``pgfast._flatten_py``, errors included (the error
-builders are shared with it); library code takes whichever
+Same names and behaviour as ``pgfast._flatten_py``, errors included (both
+build them with ``pgfast._flatten_messages``); library code takes whichever
 ``pgfast._impl.flatten`` chose.
 """
 
@@ -15,7 +15,7 @@ from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 
 # Error paths only: one source of truth for the messages both twins raise.
-from pgfast._flatten_py import (
+from pgfast._flatten_messages import (
     bad_columns,
     bad_count,
     not_a_record,
@@ -97,7 +97,14 @@ cdef int _fill(object record, Py_ssize_t index, tuple names, list out) except -1
     cdef Py_ssize_t j, found = 0
     cdef PyObject *item
     cdef object value
-    if type(record) is dict:
+    cdef type kind = type(record)
+    if kind is tuple or kind is list:  # before the (slow) Mapping check
+        if len(record) != width:
+            raise wrong_length(len(record), index, width)
+        for j in range(width):
+            _put(out[j], index, record[j], True)
+        return 0
+    if kind is dict:
         for j in range(width):
             item = PyDict_GetItem(record, names[j])
             if item is NULL:
@@ -130,7 +137,12 @@ cdef tuple _row(object record, Py_ssize_t index, tuple names):
     cdef PyObject *item
     cdef object value
     cdef tuple row
-    if type(record) is dict:
+    cdef type kind = type(record)
+    if kind is tuple or kind is list:  # before the (slow) Mapping check
+        if len(record) != width:
+            raise wrong_length(len(record), index, width)
+        return tuple(record)
+    if kind is dict:
         row = PyTuple_New(width)
         for j in range(width):
             item = PyDict_GetItem(record, names[j])
