@@ -4,21 +4,41 @@ from __future__ import annotations
 
 from . import errors
 from ._bulk import bulk_condition
+from ._cluster_async import AsyncCluster
+from ._cluster_common import create_cluster, is_read_only
+from ._cluster_sync import Cluster
 from ._exceptions import ConfigurationError, Error, PoolClosedError, PoolTimeoutError
 from ._impl import IMPL as __impl__
+from ._pool import create_async_pool, create_pool
+from ._pool_async import AsyncConnection, AsyncConnectionPool, AsyncTransaction
+from ._pool_common import IsolationLevel
+from ._pool_sync import Connection, ConnectionPool, Transaction
 from ._sql import SQLQuery, is_sql_query, sql
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AsyncCluster",
+    "AsyncConnection",
+    "AsyncConnectionPool",
+    "AsyncTransaction",
+    "Cluster",
     "ConfigurationError",
+    "Connection",
+    "ConnectionPool",
     "Error",
+    "IsolationLevel",
     "PoolClosedError",
     "PoolTimeoutError",
     "SQLQuery",
+    "Transaction",
     "__impl__",
     "bulk_condition",
+    "create_async_pool",
+    "create_cluster",
+    "create_pool",
     "errors",
+    "is_read_only",
     "is_sql_query",
     "sql",
 ]

@@ -1,0 +1,25 @@
+"""Code that mypy --strict must reject: each line whose trailing comment is
+``E: <text>`` gets an error whose message contains <text>. Proves the typing
+test can fail."""
+
+from __future__ import annotations
+
+import pgfast
+from pgfast import sql
+
+db = pgfast.create_pool()
+adb = pgfast.create_async_pool()
+
+
+def not_async(tx: pgfast.AsyncTransaction) -> int:
+    return 1
+
+
+async def main() -> None:
+    db.query("SELECT 1")  # E: incompatible type "str"
+    db.execute(42)  # E: incompatible type "int"
+    sql(123)  # E: incompatible type "int"
+    count: str = db.execute(sql("DELETE FROM t"))  # E: Incompatible types in assignment
+    db.tx(lambda: None)  # E: incompatible type
+    await adb.tx(not_async)  # E: incompatible type
+    print(count)
