@@ -8,7 +8,16 @@ live in ``_cluster_common``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -35,6 +44,8 @@ from ._pool_async import (
 )
 from ._pool_common import IsolationLevel, Row, SQLQuery, check_queries, not_a_query
 
+Records = Sequence[Any]
+
 T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
 Operation = Callable[[_AsyncQueryable], Awaitable[T]]
@@ -43,6 +54,12 @@ Operation = Callable[[_AsyncQueryable], Awaitable[T]]
 def _stream(db: _AsyncQueryable, q: SQLQuery, batch_size: int) -> AsyncGenerator[Row, None]:
     # The pools' query_stream is a generator, typed as a plain iterator.
     return cast(AsyncGenerator[Row, None], db.query_stream(q, batch_size))
+
+
+def _host(db: _AsyncQueryable) -> AsyncConnectionPool | AsyncConnection:
+    # The router only ever hands out a node's pool or a primary connection.
+    assert isinstance(db, (AsyncConnectionPool, AsyncConnection))
+    return db
 
 
 class AsyncCluster:
@@ -178,8 +195,7 @@ class AsyncCluster:
             return await fn(tx)
 
         async def op(db: _AsyncQueryable) -> T:
-            assert isinstance(db, (AsyncConnectionPool, AsyncConnection))
-            return await db.tx(
+            return await _host(db).tx(
                 first,
                 isolation_level=isolation_level,
                 read_only=read_only,
@@ -241,10 +257,8 @@ class AsyncCluster:
                 return
             self._state.no_replica()
         self._state.count_query(None)
-        async with self._writer() as db:
-            assert isinstance(db, (AsyncConnectionPool, AsyncConnection))
-            async with db.transaction(**options) as tx:
-                yield tx
+        async with self._writer() as db, _host(db).transaction(**options) as tx:
+            yield tx
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
@@ -258,6 +272,38 @@ class AsyncCluster:
         """Run ``fn(connection)`` with a dedicated connection to the primary."""
         async with self.connection() as conn:
             return await fn(conn)
+
+    # -- bulk loading (API.md §8): writes on the primary, bulk_select as a read --
+
+    async def bulk_insert(self, table: str | SQLQuery, records: Records, **options: Any) -> Any:
+        """``bulk_insert`` on the primary (options as for a pool's)."""
+        return await self._route(lambda db: _host(db).bulk_insert(table, records, **options), False)
+
+    async def bulk_update(
+        self, table: str | SQLQuery, updates: Sequence[Mapping[str, Any]], **options: Any
+    ) -> Any:
+        """``bulk_update`` on the primary (options as for a pool's)."""
+        return await self._route(lambda db: _host(db).bulk_update(table, updates, **options), False)
+
+    async def bulk_delete(self, table: str | SQLQuery, conditions: Records, **options: Any) -> int:
+        """``bulk_delete`` on the primary (options as for a pool's)."""
+        return await self._route(
+            lambda db: _host(db).bulk_delete(table, conditions, **options), False
+        )
+
+    async def bulk_select(
+        self, table: str | SQLQuery, conditions: Records, **options: Any
+    ) -> list[Row]:
+        """``bulk_select`` on a replica (options as for a pool's)."""
+        return await self._route(
+            lambda db: _host(db).bulk_select(table, conditions, **options), True
+        )
+
+    async def copy_in(
+        self, table: str | SQLQuery, rows: Iterable[Any] | AsyncIterable[Any], **options: Any
+    ) -> int:
+        """``copy_in`` on the primary (options as for a pool's)."""
+        return await self._route(lambda db: _host(db).copy_in(table, rows, **options), False)
 
     # -- read-your-writes ----------------------------------------------------
 

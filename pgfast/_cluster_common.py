@@ -15,7 +15,7 @@ import re
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import psycopg
 
@@ -26,6 +26,8 @@ from ._pool_common import SQLQuery, logger, not_a_query
 if TYPE_CHECKING:
     from ._cluster_async import AsyncCluster
     from ._cluster_sync import Cluster
+    from ._pool_async import AsyncConnectionPool
+    from ._pool_sync import ConnectionPool
 
 __all__ = ["create_cluster", "is_read_only"]
 
@@ -319,6 +321,32 @@ def _check_options(
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
             raise ValueError(f"{name} must be a number of seconds > 0, not {value!r}")
+
+
+@overload
+def create_cluster(
+    primary: ConnectionPool,
+    replicas: Sequence[ConnectionPool],
+    *,
+    balance: str = ...,
+    max_replica_lag: float | None = ...,
+    read_your_writes: bool = ...,
+    fallback_to_primary: bool = ...,
+    health_check_interval: float = ...,
+) -> Cluster: ...
+
+
+@overload
+def create_cluster(
+    primary: AsyncConnectionPool,
+    replicas: Sequence[AsyncConnectionPool],
+    *,
+    balance: str = ...,
+    max_replica_lag: float | None = ...,
+    read_your_writes: bool = ...,
+    fallback_to_primary: bool = ...,
+    health_check_interval: float = ...,
+) -> AsyncCluster: ...
 
 
 def create_cluster(

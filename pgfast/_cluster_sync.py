@@ -10,7 +10,14 @@ live in ``_cluster_common``.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import (
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from contextlib import closing, contextmanager
 from types import TracebackType
 from typing import Any, TypeVar, cast
@@ -37,6 +44,8 @@ from ._pool_sync import (
     _Queryable,
 )
 
+Records = Sequence[Any]
+
 T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
 Operation = Callable[[_Queryable], T]
@@ -45,6 +54,12 @@ Operation = Callable[[_Queryable], T]
 def _stream(db: _Queryable, q: SQLQuery, batch_size: int) -> Generator[Row, None]:
     # The pools' query_stream is a generator, typed as a plain iterator.
     return cast(Generator[Row, None], db.query_stream(q, batch_size))
+
+
+def _host(db: _Queryable) -> ConnectionPool | Connection:
+    # The router only ever hands out a node's pool or a primary connection.
+    assert isinstance(db, (ConnectionPool, Connection))
+    return db
 
 
 class Cluster:
@@ -180,8 +195,7 @@ class Cluster:
             return fn(tx)
 
         def op(db: _Queryable) -> T:
-            assert isinstance(db, (ConnectionPool, Connection))
-            return db.tx(
+            return _host(db).tx(
                 first,
                 isolation_level=isolation_level,
                 read_only=read_only,
@@ -243,10 +257,8 @@ class Cluster:
                 return
             self._state.no_replica()
         self._state.count_query(None)
-        with self._writer() as db:
-            assert isinstance(db, (ConnectionPool, Connection))
-            with db.transaction(**options) as tx:
-                yield tx
+        with self._writer() as db, _host(db).transaction(**options) as tx:
+            yield tx
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -260,6 +272,32 @@ class Cluster:
         """Run ``fn(connection)`` with a dedicated connection to the primary."""
         with self.connection() as conn:
             return fn(conn)
+
+    # -- bulk loading (API.md §8): writes on the primary, bulk_select as a read --
+
+    def bulk_insert(self, table: str | SQLQuery, records: Records, **options: Any) -> Any:
+        """``bulk_insert`` on the primary (options as for a pool's)."""
+        return self._route(lambda db: _host(db).bulk_insert(table, records, **options), False)
+
+    def bulk_update(
+        self, table: str | SQLQuery, updates: Sequence[Mapping[str, Any]], **options: Any
+    ) -> Any:
+        """``bulk_update`` on the primary (options as for a pool's)."""
+        return self._route(lambda db: _host(db).bulk_update(table, updates, **options), False)
+
+    def bulk_delete(self, table: str | SQLQuery, conditions: Records, **options: Any) -> int:
+        """``bulk_delete`` on the primary (options as for a pool's)."""
+        return self._route(lambda db: _host(db).bulk_delete(table, conditions, **options), False)
+
+    def bulk_select(self, table: str | SQLQuery, conditions: Records, **options: Any) -> list[Row]:
+        """``bulk_select`` on a replica (options as for a pool's)."""
+        return self._route(lambda db: _host(db).bulk_select(table, conditions, **options), True)
+
+    def copy_in(
+        self, table: str | SQLQuery, rows: Iterable[Any] | Iterable[Any], **options: Any
+    ) -> int:
+        """``copy_in`` on the primary (options as for a pool's)."""
+        return self._route(lambda db: _host(db).copy_in(table, rows, **options), False)
 
     # -- read-your-writes ----------------------------------------------------
 

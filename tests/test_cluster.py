@@ -320,6 +320,36 @@ def test_writes_never_reach_a_replica(db: Cluster, rec: Recorder, table: str) ->
     assert rec.errors == [[], [], []]
 
 
+def test_bulk_writes_go_to_the_primary_and_bulk_select_to_a_replica(
+    pg_cluster: LocalCluster, db: Cluster, rec: Recorder, table: str
+) -> None:
+    records = [{"id": 100 + i, "note": f"bulk {i}"} for i in range(5)]
+    db.bulk_insert(table, records)
+    db.bulk_update(
+        table,
+        [{"where": {"id": 100}, "set": {"note": "changed"}}],
+        where_columns=["id"],
+        set_columns=["note"],
+    )
+    assert db.copy_in(table, [(200, "copied")], columns=["id", "note"]) == 1
+    assert db.bulk_delete(table, [{"id": 104}], where_columns=["id"]) == 1
+    assert db.primary.query_value(sql.unsafe(f"SELECT count(*) FROM {table} WHERE id >= 100")) == 5
+    written = [sum(table in t for t in texts) for texts in rec.texts]
+    assert written[0] >= 4 and written[1:] == [0, 0]  # COPY is not a hooked query
+
+    pg_cluster.wait_for_replicas()
+    rows = db.bulk_select(
+        table, [{"id": 100}, {"id": 101}, {"id": 200}], where_columns=["id"], order_by=["-id"]
+    )
+    assert [(r["id"], r["note"]) for r in rows] == [
+        (200, "copied"),
+        (101, "bulk 1"),
+        (100, "changed"),
+    ]
+    after = [sum(table in t for t in texts) for texts in rec.texts]
+    assert after[0] == written[0] and after[1] + after[2] >= 1  # the select ran on a replica
+
+
 # -- replica health --------------------------------------------------------------
 
 

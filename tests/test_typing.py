@@ -57,7 +57,7 @@ def errors_by_line(stdout: str, path: Path) -> dict[int, list[str]]:
 
 def test_samples_exist() -> None:
     names = {p.name for p in CLEAN}
-    assert {"sync_usage.py", "async_usage.py", "bulk_usage.py"} <= names
+    assert {"sync_usage.py", "async_usage.py", "bulk_usage.py", "cluster_usage.py"} <= names
     assert NEGATIVE.exists()
 
 
