@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import FrameType
 
-from . import _check
+from . import _bench, _check
 from .testing._local import ClusterError, LocalCluster, stop_from_state
 
 Configure = Callable[[argparse.ArgumentParser], None]
@@ -141,6 +141,7 @@ COMMANDS: dict[str, tuple[str, Configure, Handler]] = {
     "down": ("stop every cluster started by `pgfast up`", lambda parser: None, _down),
     "run": ("run a command against a throwaway cluster, then stop it", _configure_run, _run),
     "check": (_check.HELP, _check.configure_parser, _check.handler),
+    "bench": (_bench.HELP, _bench.configure_parser, _bench.handler),
 }
 
 

@@ -42,7 +42,7 @@ def select_one(url: str) -> object:
 
 @pytest.mark.nodb
 def test_subcommands_come_from_one_table() -> None:
-    assert set(cli.COMMANDS) == {"up", "down", "run", "check"}
+    assert set(cli.COMMANDS) == {"up", "down", "run", "check", "bench"}
     help_text = cli.build_parser().format_help()
     for name, (summary, _, _) in cli.COMMANDS.items():
         assert name in help_text and summary in help_text

@@ -152,8 +152,9 @@ def _pgfast_commands() -> list[tuple[str, list[str]]]:
             if b.language != "sh":
                 continue
             for offset, line in enumerate(b.code.splitlines()):
-                # `eval "$(pgfast up ...)"`: look inside the substitution too.
-                for match in re.finditer(r"(?:^|\$\(|&&|;|\s)pgfast\s+([^)#;&|\"]*)", line):
+                # `eval "$(pgfast up ...)"`: look inside the substitution too;
+                # a redirection (`> out.json`) ends the command's arguments.
+                for match in re.finditer(r"(?:^|\$\(|&&|;|\s)pgfast\s+([^)#;&|<>\"]*)", line):
                     found.append((f"{b.page}:{b.line + offset}", shlex.split(match.group(1))))
     return found
 
