@@ -32,7 +32,15 @@ LIVENESS_CHECK_AFTER = 1.0
 # Sessions the server ended: the statement did not commit, so running it again is safe.
 SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03"})
 RETRYABLE_TX = frozenset({"40001", "40P01"})
-FOREVER = 365 * 24 * 3600.0
+# The longest period between two sweeps of idle connections.
+MAX_SWEEP_PERIOD = 5.0
+
+
+def sweep_period(idle_timeout: float | None) -> float:
+    """Seconds between sweeps: a connection is closed at most this late after ``idle_timeout``."""
+    if idle_timeout is None:
+        return MAX_SWEEP_PERIOD
+    return min(MAX_SWEEP_PERIOD, max(0.05, idle_timeout / 4))
 
 
 class IsolationLevel(str, enum.Enum):

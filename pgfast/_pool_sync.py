@@ -20,9 +20,11 @@ Internal protocol for teammates (bulk loading, clusters): every queryable
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import Callable, Generator, Iterator
 from contextlib import contextmanager
 from itertools import count, repeat
 from time import monotonic
@@ -42,7 +44,6 @@ from ._exceptions import Error, PoolClosedError, PoolTimeoutError
 from ._frame import rewrite_error
 from ._pool_common import (
     ADAPTERS,
-    FOREVER,
     LIVENESS_CHECK_AFTER,
     RETRYABLE_TX,
     SERVER_ENDED_SESSION,
@@ -59,9 +60,11 @@ from ._pool_common import (
     not_a_query,
     retry_attempts,
     safe_call,
+    sweep_period,
 )
 
 T = TypeVar("T")
+E = TypeVar("E", bound=BaseException)
 IDLE = TransactionStatus.IDLE
 TUPLES_OK = ExecStatus.TUPLES_OK
 INERROR = TransactionStatus.INERROR
@@ -72,9 +75,9 @@ _cursor_numbers = count(1)
 class _PgConnection(psycopg.Connection[Any]):
     """psycopg's connection plus the bookkeeping pgfast needs.
 
-    Each pool connects through its own subclass, whose ``_pgfast_pool`` lets a
-    failed connection attempt be reported (a wrong password surfaces in the
-    ``PoolTimeoutError`` instead of only in psycopg_pool's log).
+    Each pool connects through its own subclass, whose ``_pgfast_pool`` is told
+    of a failed connection attempt, so that callers waiting for a connection
+    get the error itself instead of waiting for psycopg_pool's next attempt.
     """
 
     _pgfast_pool: ConnectionPool | None = None
@@ -98,6 +101,48 @@ class _PgConnection(psycopg.Connection[Any]):
         super().close()
         if hook is not None:
             safe_call(hook, "on_connection_closed")
+
+
+class _PsycopgPool(psycopg_pool.ConnectionPool[Any]):
+    """psycopg_pool's pool with pgfast's idle sweep in place of its shrinking.
+
+    psycopg_pool closes at most one unused connection per ``max_idle`` period,
+    so a pool that grew to ``pool_size`` would take ``pool_size`` periods to
+    shrink; and the connections pgfast keeps hot are invisible to it. pgfast
+    passes a short ``max_idle`` (the sweep period) and, at each sweep, hands
+    stale hot connections back and closes every connection idle for longer
+    than ``idle_timeout``, down to ``min_size``.
+    """
+
+    _pgfast_owner: weakref.ref[ConnectionPool]
+    _pgfast_idle_timeout: float | None
+
+    def _shrink_pool(self) -> None:
+        owner = self._pgfast_owner()
+        if owner is not None:
+            owner._cool_stale()
+        if self._pgfast_idle_timeout is None:
+            return
+        cutoff = monotonic() - self._pgfast_idle_timeout
+        closing: list[_PgConnection] = []
+        with self._lock:
+            surplus = self._nconns - self._min_size
+            for conn in list(self._pool):
+                if len(closing) >= surplus:
+                    break
+                if conn._pgfast_idle_since <= cutoff:
+                    self._pool.remove(conn)
+                    closing.append(conn)
+            self._nconns -= len(closing)
+            self._nconns_min = len(self._pool)
+        for conn in closing:
+            self._close_connection(conn)
+
+
+def _fresh(exc: E) -> E:
+    """A copy of ``exc`` for one more caller: one exception object raised in
+    several tasks or threads would collect all their tracebacks."""
+    return copy.copy(exc).with_traceback(None)
 
 
 def _names(result: Any, conn: _PgConnection) -> list[str]:
@@ -203,7 +248,7 @@ class _Queryable(BulkMixin):
             not_a_query(q)
         return int(self._run(q, False))
 
-    def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> Iterator[Row]:
+    def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> Generator[Row, None, None]:
         """Yield the rows of ``q``, fetched ``batch_size`` at a time through a server cursor.
 
         Leaving the loop early releases the connection; wrap the call in
@@ -278,9 +323,12 @@ class ConnectionPool(_Queryable):
             def kwargs() -> dict[str, Any]:
                 return dict(config.password_kwargs(), context=base["context"])
 
-        self._connect_error: str | None = None
+        # The last failed connection attempt, while no attempt has succeeded since.
+        self._connect_error: Exception | None = None
+        self._connect_timeout = max(1.0, float(opts.connect_timeout))  # libpq's minimum
+        idle_timeout = None if opts.idle_timeout is None else float(opts.idle_timeout)
         connection_class = type("_PgConnection", (_PgConnection,), {"_pgfast_pool": self})
-        self._pool = psycopg_pool.ConnectionPool(
+        self._pool = _PsycopgPool(
             config.conninfo,
             connection_class=connection_class,
             kwargs=kwargs,
@@ -292,9 +340,11 @@ class ConnectionPool(_Queryable):
             name=f"pgfast-{next(_pool_numbers)}",
             timeout=self._queue_timeout,
             max_lifetime=float(opts.max_lifetime),
-            max_idle=FOREVER if opts.idle_timeout is None else float(opts.idle_timeout),
+            max_idle=sweep_period(idle_timeout),
             reconnect_failed=self._reconnect_failed,
         )
+        self._pool._pgfast_owner = weakref.ref(self)
+        self._pool._pgfast_idle_timeout = idle_timeout
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"size={self._config.options.pool_size}"
@@ -303,10 +353,29 @@ class ConnectionPool(_Queryable):
     # -- connections -------------------------------------------------------
 
     def _connect_failed(self, exc: Exception) -> None:
-        if isinstance(exc, psycopg.Error):
-            rewrite_error(exc, None, None, self._config.secrets)
-        self._connect_error = self._config.redact(str(exc).strip())
+        """A connection attempt failed (in psycopg_pool's worker, which retries later).
+
+        When no connection is open, nothing will come back for the callers
+        waiting in psycopg_pool: they get this error now. When some are open
+        and busy, the waiters keep waiting for them.
+        """
         self._report(exc)
+        if not isinstance(exc, psycopg.Error):
+            return
+        self._connect_error = exc
+        if self._live_connections():
+            return
+        pool = self._pool
+        with pool._lock:
+            waiting = list(pool._waiting)
+            pool._waiting.clear()
+        for client in waiting:
+            client.fail(_fresh(exc))
+
+    def _live_connections(self) -> int:
+        """Open connections: busy ones (they come back), hot ones and psycopg_pool's idle ones."""
+        available = self._pool.get_stats().get("pool_available", 0)
+        return self._in_use + len(self._hot) + available
 
     def _configure(self, conn: _PgConnection) -> None:
         self._connect_error = None
@@ -326,6 +395,9 @@ class ConnectionPool(_Queryable):
             psycopg_pool.ConnectionPool.check_connection(conn)
         except Exception as exc:
             self._report(exc)
+            # psycopg_pool drops a broken connection without closing it: close
+            # it here so that on_connection_closed fires.
+            conn.close()
             raise
 
     def _reconnect_failed(self, pool: Any) -> None:
@@ -356,12 +428,12 @@ class ConnectionPool(_Queryable):
             with self._lock:
                 self._in_use -= 1
                 self._waiting += 1
-            self._cool(conn)
+            self._pool.putconn(conn)
             self._cool_all()
         try:
             if not self._opened:
                 self._open()
-            conn = self._pool.getconn()
+            conn = self._getconn()
         except BaseException as exc:
             with self._lock:
                 self._waiting -= 1
@@ -376,6 +448,27 @@ class ConnectionPool(_Queryable):
         conn._pgfast_uses += 1
         return conn
 
+    def _getconn(self) -> _PgConnection:
+        """A connection from psycopg_pool, or, when the server cannot be reached, its error.
+
+        While no connection is open and the last attempt failed, a caller
+        waits at most ``connect_timeout`` for psycopg_pool's next attempt.
+        """
+        deadline = monotonic() + self._queue_timeout
+        while True:
+            timeout = deadline - monotonic()
+            if self._connect_error is not None and not self._live_connections():
+                timeout = min(timeout, self._connect_timeout)
+            try:
+                conn: _PgConnection = self._pool.getconn(timeout)
+                return conn
+            except psycopg_pool.PoolTimeout:
+                error = self._connect_error
+                if error is not None and not self._live_connections():
+                    raise _fresh(error) from None
+                if monotonic() >= deadline:
+                    raise
+
     def _open(self) -> None:
         self._pool.open()
         self._opened = True
@@ -389,36 +482,49 @@ class ConnectionPool(_Queryable):
             f"{stats['in_use']} busy, {self._waiting} other callers waiting"
         )
         if self._connect_error is not None:
-            message += f"; the last connection attempt failed: {self._connect_error}"
+            # Already redacted by _report.
+            message += f"; the last connection attempt failed: {str(self._connect_error).strip()}"
         return PoolTimeoutError(message)
 
     def _release(self, conn: _PgConnection) -> None:
         now = monotonic()
+        conn._pgfast_idle_since = now
         keep = False
-        if self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
+        if conn.closed:
+            # Broken: psycopg_pool drops it without closing it; closing it
+            # here fires on_connection_closed.
             conn.close()
-        elif conn.pgconn.transaction_status == IDLE and conn._expire_at > now:
-            keep = not self._closed
-            conn._pgfast_idle_since = now
+        elif self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
+            conn._expire_at = now  # psycopg_pool closes it and opens a replacement
+        else:
+            keep = conn.pgconn.transaction_status == IDLE and conn._expire_at > now
         hot = self._hot
         with self._lock:
             self._in_use -= 1
-            if keep and not self._waiting:
+            if keep and not self._waiting and not self._closed:
                 hot.append(conn)
                 if now - hot[0]._pgfast_idle_since <= LIVENESS_CHECK_AFTER:
                     return
                 conn = hot.pop(0)  # the oldest went stale: psycopg_pool takes it
         self._pool.putconn(conn)
 
-    def _cool(self, conn: _PgConnection) -> None:
-        """Hand a hot connection back to psycopg_pool (which checks, expires, shrinks)."""
-        self._pool.putconn(conn)
+    def _cool_stale(self) -> None:
+        """Hand the hot connections unused for a while back to psycopg_pool (at each sweep)."""
+        now = monotonic()
+        with self._lock:
+            hot = self._hot
+            stale = [c for c in hot if now - c._pgfast_idle_since >= LIVENESS_CHECK_AFTER]
+            if stale:
+                hot[:] = [c for c in hot if now - c._pgfast_idle_since < LIVENESS_CHECK_AFTER]
+        for conn in stale:
+            self._pool.putconn(conn)
 
     def _cool_all(self) -> None:
+        """Hand every hot connection back to psycopg_pool (which checks, expires, closes)."""
         with self._lock:
             conns, self._hot[:] = self._hot[:], []
         for conn in conns:
-            self._cool(conn)
+            self._pool.putconn(conn)
 
     def _may_retry(self, conn: _PgConnection, exc: psycopg.Error, text: str) -> bool:
         if not conn.broken:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -110,10 +111,15 @@ async def test_cancelled_query_stops_on_the_server_promptly(pg_url: str) -> None
         assert await db.query_value(sleeping) == 0
 
 
-def test_many_threads_on_a_sync_pool(pg_url: str) -> None:
+# Churn: connections replaced and swept while the threads/tasks run.
+CHURN = [{}, {"idle_timeout": 0.05, "max_uses": 50}]
+
+
+@pytest.mark.parametrize("options", CHURN, ids=["steady", "churn"])
+def test_many_threads_on_a_sync_pool(pg_url: str, options: dict[str, Any]) -> None:
     errors: list[BaseException] = []
     seen: list[list[int]] = [[] for _ in range(50)]
-    with create_pool(pg_url, pool_size=10) as db:
+    with create_pool(pg_url, pool_size=10, **options) as db:
 
         def worker(n: int) -> None:
             try:
@@ -133,8 +139,9 @@ def test_many_threads_on_a_sync_pool(pg_url: str) -> None:
         assert stats["queries"] == 10000 and stats["in_use"] == 0 and stats["size"] <= 10
 
 
-async def test_many_tasks_on_an_async_pool(pg_url: str) -> None:
-    async with create_async_pool(pg_url, pool_size=10) as db:
+@pytest.mark.parametrize("options", CHURN, ids=["steady", "churn"])
+async def test_many_tasks_on_an_async_pool(pg_url: str, options: dict[str, Any]) -> None:
+    async with create_async_pool(pg_url, pool_size=10, **options) as db:
 
         async def one(i: int) -> Any:
             return await db.query(sql("SELECT {}::int AS i, {}::text AS s", i, str(i)))
@@ -238,3 +245,90 @@ def test_errors_on_idle_connections_reach_on_error(pg_url: str) -> None:
         time.sleep(1.2)
         assert db.query_value(sql("SELECT pg_backend_pid()")) != pid
     assert len(errors) == 1 and isinstance(errors[0], psycopg.OperationalError)
+
+
+@pytest.fixture(scope="module")
+def with_replica() -> Iterator[LocalCluster]:
+    """A replica to stop and start: a server that dies and comes back."""
+    with LocalCluster(replicas=1) as cluster:
+        yield cluster
+
+
+def _bad_port(url: str) -> str:
+    u = urlsplit(url)
+    return urlunsplit(u._replace(netloc=u.netloc.rsplit(":", 1)[0] + ":1"))
+
+
+def test_server_death_fails_reads_promptly_then_recovers(with_replica: LocalCluster) -> None:
+    url = with_replica.replica_urls[0]
+
+    async def async_read(db: Any) -> Any:
+        return await db.query_value(sql("SELECT 1"))
+
+    loop = asyncio.new_event_loop()
+    with create_pool(url) as sync_db:  # default queue_timeout: 60 s
+        async_db = create_async_pool(url)
+        assert sync_db.query_value(sql("SELECT 1")) == loop.run_until_complete(async_read(async_db))
+        with_replica.stop_replica(0)
+        for read in (
+            lambda: sync_db.query_value(sql("SELECT 1")),
+            lambda: loop.run_until_complete(async_read(async_db)),
+        ):
+            for _ in range(2):  # a connection found dead, then a pool with none
+                started = time.monotonic()
+                with pytest.raises(psycopg.OperationalError):
+                    read()
+                assert time.monotonic() - started < 5
+        with_replica.start_replica(0)
+        # psycopg_pool reconnects in the background (with backoff), for later callers.
+        for read in (
+            lambda: sync_db.query_value(sql("SELECT 1")),
+            lambda: loop.run_until_complete(async_read(async_db)),
+        ):
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    assert read() == 1
+                    break
+                except psycopg.OperationalError:
+                    assert time.monotonic() < deadline
+        loop.run_until_complete(async_db.dispose())
+    loop.close()
+
+
+def test_many_waiting_threads_get_the_connection_error(pg_url: str) -> None:
+    attempts: list[BaseException] = []
+    errors: list[BaseException] = []
+    with create_pool(_bad_port(pg_url), pool_size=10, on_error=attempts.append) as db:
+
+        def worker() -> None:
+            try:
+                db.query(sql("SELECT 1"))
+            except BaseException as exc:  # checked below
+                errors.append(exc)
+
+        started = time.monotonic()
+        threads = [threading.Thread(target=worker) for _ in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert time.monotonic() - started < 5
+        assert db.stats()["waiting"] == 0
+    assert len(errors) == 20
+    assert all(isinstance(e, psycopg.OperationalError) for e in errors)
+    assert len({id(e) for e in errors}) == 20  # each caller its own exception
+    assert 1 <= len(attempts) <= 5  # one attempt at a time, not one per waiter
+
+
+async def test_many_waiting_tasks_get_the_connection_error(pg_url: str) -> None:
+    attempts: list[BaseException] = []
+    async with create_async_pool(_bad_port(pg_url), on_error=attempts.append) as db:
+        started = time.monotonic()
+        results = await asyncio.gather(
+            *(db.query(sql("SELECT 1")) for _ in range(20)), return_exceptions=True
+        )
+        assert time.monotonic() - started < 5
+        assert db.stats()["waiting"] == 0
+    assert all(isinstance(r, psycopg.OperationalError) for r in results)
+    assert 1 <= len(attempts) <= 5

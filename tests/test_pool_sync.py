@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import closing
 from datetime import datetime
 from decimal import Decimal
+from time import monotonic
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -550,9 +551,74 @@ def test_password_callable_called_per_connection(pg_url: str) -> None:
 
 
 def test_max_uses_replaces_connections(pg_url: str) -> None:
-    with create_pool(pg_url, pool_size=1, max_uses=3) as db:
-        pids = [_backend_pid(db) for _ in range(6)]
-    assert len(set(pids[:3])) == 1 and len(set(pids[3:])) == 1 and pids[0] != pids[3]
+    closed: list[int] = []
+    with create_pool(
+        pg_url, pool_size=2, max_uses=3, on_connection_closed=lambda: closed.append(1)
+    ) as db:
+        pids = [_backend_pid(db) for _ in range(9)]
+        assert [len(set(pids[i : i + 3])) for i in (0, 3, 6)] == [1, 1, 1]
+        assert len(set(pids)) == 3
+        assert len(closed) == 3  # each closed after its third use
+        assert db.stats()["size"] <= 2
+
+
+def test_max_lifetime_replaces_connections(pg_url: str) -> None:
+    with create_pool(pg_url, pool_size=2, max_lifetime=0.5) as db:
+        first_seen: dict[int, float] = {}
+        started = monotonic()
+        while monotonic() - started < 2.0:
+            pid = _backend_pid(db)
+            first_seen.setdefault(pid, monotonic())
+            # A connection is used at most until its first release after max_lifetime.
+            assert monotonic() - first_seen[pid] < 0.5 + 0.2
+            time.sleep(0.02)
+        assert len(first_seen) >= 3
+        assert db.stats()["size"] <= 2
+
+
+def test_quiet_pool_shrinks_to_min_size(pg_url: str) -> None:
+    app = f"pgfast-shrink-{uuid.uuid4().hex[:8]}"
+    closed: list[int] = []
+    with create_pool(
+        pg_url,
+        pool_size=4,
+        min_size=1,
+        idle_timeout=0.3,
+        application_name=app,
+        on_connection_closed=lambda: closed.append(1),
+    ) as db:
+        with (
+            db.connection() as c1,
+            db.connection() as c2,
+            db.connection() as c3,
+            db.connection() as c4,
+        ):
+            pids = {_backend_pid(c) for c in (c1, c2, c3, c4)}
+        assert len(pids) == 4
+        assert db.stats() == {"size": 4, "idle": 4, "in_use": 0, "waiting": 0, "queries": 4}
+        # Hot connections go back to psycopg_pool after LIVENESS_CHECK_AFTER (1 s),
+        # and are closed at the next sweep, idle_timeout / 4 later at most.
+        time.sleep(1.0 + 0.3)
+        stats = db.stats()
+        assert (stats["size"], stats["idle"], stats["in_use"]) == (1, 1, 0)
+        assert len(closed) == 3
+        count = sql("SELECT count(*) FROM pg_stat_activity WHERE application_name = {}", app)
+        assert db.query_value(count) == 1
+
+
+def test_on_connection_closed_fires_for_broken_connections(pg_url: str) -> None:
+    closed: list[int] = []
+    with (
+        create_pool(pg_url, pool_size=1, on_connection_closed=lambda: closed.append(1)) as db,
+        create_pool(pg_url) as admin,
+    ):
+        for idle in (0.1, 1.2):  # found broken by the query, or by the liveness check
+            pid = _backend_pid(db)
+            admin.query(sql("SELECT pg_terminate_backend({})", pid))
+            time.sleep(idle)
+            assert _backend_pid(db) != pid
+        assert len(closed) == 2
+        assert db.stats()["size"] == 1
 
 
 # -- pool life cycle ---------------------------------------------------------------
@@ -591,23 +657,66 @@ def test_stats_count_queries(db: ConnectionPool) -> None:
     assert set(db.stats()) >= {"size", "idle", "in_use", "waiting", "queries"}
 
 
-def test_no_password_in_repr_or_errors(pg_url: str) -> None:
+def test_no_password_in_repr(pg_url: str) -> None:
     password = _password(pg_url)
     db = create_pool(pg_url)
     assert password not in repr(db) and "password" not in repr(db)
     db.dispose()
+
+
+# -- connection failures ------------------------------------------------------------
+
+
+def test_connection_errors_fail_fast(pg_url: str) -> None:
+    password = _password(pg_url)
     for url in (
         _with(pg_url, port=1),
         _with(pg_url, dbname="no_such_db_x"),
         _with(pg_url, password=password + "x"),
         _with(pg_url, user="no_such_user_x"),
     ):
-        bad = create_pool(url, queue_timeout=0.5)
-        with pytest.raises(PoolTimeoutError) as info:
-            bad.query(sql("SELECT 1"))
-        bad.dispose()
+        # The default queue_timeout (60 s): the error itself comes at once.
+        with create_pool(url, connect_timeout=2) as bad:
+            for _ in range(2):  # the first caller, then one finding the pool failing
+                started = monotonic()
+                with pytest.raises(psycopg.OperationalError) as info:
+                    bad.query(sql("SELECT 1"))
+                assert monotonic() - started < 4, url
+                assert not isinstance(info.value, PoolTimeoutError)
+                assert password not in str(info.value)
+            assert bad.stats()["waiting"] == 0 and bad.stats()["in_use"] == 0
+
+
+def test_later_callers_connect_once_the_server_accepts(pg_url: str) -> None:
+    password = _password(pg_url)
+    current = [password + "x"]
+    with create_pool(pg_url, password=lambda: current[0], connect_timeout=3) as db:
+        with pytest.raises(psycopg.OperationalError) as info:
+            db.query(sql("SELECT 1"))
         assert password not in str(info.value)
-        assert "last connection attempt failed" in str(info.value)
+        current[0] = password  # psycopg_pool keeps trying in the background
+        started = monotonic()
+        assert db.query_value(sql("SELECT 1")) == 1
+        assert monotonic() - started < 3
+
+
+def test_failed_attempt_does_not_fail_waiters_while_connections_are_busy(
+    pg_url: str,
+) -> None:
+    password = _password(pg_url)
+    current = [password]
+    with create_pool(pg_url, pool_size=2, password=lambda: current[0], queue_timeout=1.5) as db:
+        with db.connection() as held:
+            held.query(sql("SELECT 1"))
+            current[0] = password + "x"  # a second connection cannot open
+            started = monotonic()
+            with pytest.raises(PoolTimeoutError) as info:
+                db.query(sql("SELECT 1"))
+            # It waited for the busy connection, the whole queue_timeout.
+            assert monotonic() - started >= 1.4
+            assert "last connection attempt failed" in str(info.value)
+            assert password not in str(info.value)
+        assert db.query_value(sql("SELECT 1")) == 1
 
 
 def test_server_ended_session_is_retried(pg_url: str) -> None:

@@ -10,7 +10,7 @@ token (comments and layout are kept):
   ``_AsyncQueryable`` -> ``_Queryable``, ``StopAsyncIteration`` -> ``StopIteration``),
   and the table ``RENAMES`` maps the rest (``__aenter__``, ``asynccontextmanager``,
   ``asyncio.sleep`` -> ``time.sleep``, ``_x_async`` modules -> ``_x_sync``);
-- ``Awaitable[X]`` becomes ``X``;
+- ``Awaitable[X]`` becomes ``X``, ``AsyncGenerator[Y, S]`` ``Generator[Y, S, None]``;
 - a line whose comment is ``# async-only`` is dropped, and so are the lines
   from ``# begin async-only`` to ``# end async-only``.
 
@@ -107,7 +107,9 @@ def convert(text: str) -> str:
     tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     # Edits as (row, col_start, col_end, replacement), applied right to left.
     edits: list[tuple[int, int, int, str]] = []
-    drop_brackets: list[int] = []  # depth stack for Awaitable[...]
+    # Closing brackets to replace: (depth, replacement), for Awaitable[...]
+    # (bracket dropped) and AsyncGenerator[Y, S] (-> Generator[Y, S, None]).
+    closers: list[tuple[int, str]] = []
     depth = 0
     handled: set[int] = set()  # token indexes already rewritten with their neighbour
     for i, tok in enumerate(tokens):
@@ -117,9 +119,8 @@ def convert(text: str) -> str:
         if tok.type == tokenize.OP and tok.string in "([{":
             depth += 1
         elif tok.type == tokenize.OP and tok.string in ")]}":
-            if drop_brackets and drop_brackets[-1] == depth:
-                drop_brackets.pop()
-                edits.append((row, col, ecol, ""))
+            if closers and closers[-1][0] == depth:
+                edits.append((row, col, ecol, closers.pop()[1]))
             depth -= 1
         if tok.type != tokenize.NAME or i in handled:
             continue
@@ -127,10 +128,12 @@ def convert(text: str) -> str:
             # Drop the keyword and the whitespace after it.
             edits.append((row, col, nxt.start[1], ""))
         elif tok.string == "Awaitable" and nxt is not None and nxt.string == "[":
+            # The ``[`` token itself is counted when the loop reaches it.
             edits.append((row, col, nxt.end[1], ""))
-            drop_brackets.append(depth + 1)
-            handled.add(i + 1)
-            depth += 1
+            closers.append((depth + 1, ""))
+        elif tok.string == "AsyncGenerator" and nxt is not None and nxt.string == "[":
+            edits.append((row, col, ecol, "Generator"))
+            closers.append((depth + 1, ", None]"))
         elif tok.string in IMPORTS and lines[row - 1].strip() == f"import {tok.string}":
             edits.append((row, col - len("import "), ecol, IMPORTS[tok.string]))
         elif nxt is not None and nxt.string == "." and (tok.string, tokens[i + 2].string) in DOTTED:
