@@ -20,7 +20,7 @@ from collections.abc import (
 )
 from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -49,11 +49,6 @@ Records = Sequence[Any]
 T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
 Operation = Callable[[_AsyncQueryable], Awaitable[T]]
-
-
-def _stream(db: _AsyncQueryable, q: SQLQuery, batch_size: int) -> AsyncGenerator[Row, None]:
-    # The pools' query_stream is a generator, typed as a plain iterator.
-    return cast(AsyncGenerator[Row, None], db.query_stream(q, batch_size))
 
 
 def _host(db: _AsyncQueryable) -> AsyncConnectionPool | AsyncConnection:
@@ -122,14 +117,14 @@ class AsyncCluster:
             not_a_query(q)
         return await self._route(lambda db: db.execute(q), False)
 
-    async def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> AsyncIterator[Row]:
+    async def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> AsyncGenerator[Row, None]:
         """Yield the rows of ``q`` in batches (see the pool's), from a replica when read-only.
 
         A replica that fails before the first row is replaced by another node.
         """
         self._check_open()
         if not self._is_read(q):
-            async with self._writer() as db, aclosing(_stream(db, q, batch_size)) as rows:
+            async with self._writer() as db, aclosing(db.query_stream(q, batch_size)) as rows:
                 self._state.count_query(None)
                 async for row in rows:
                     yield row
@@ -142,7 +137,7 @@ class AsyncCluster:
                 break
             started = False
             try:
-                async with aclosing(_stream(self._replicas[i], q, batch_size)) as rows:
+                async with aclosing(self._replicas[i].query_stream(q, batch_size)) as rows:
                     async for row in rows:
                         if not started:
                             started = True
@@ -164,7 +159,7 @@ class AsyncCluster:
                 self._state.selector.release(i)
         if not refused:
             self._state.no_replica()
-        async with self._writer() as db, aclosing(_stream(db, q, batch_size)) as rows:
+        async with self._writer() as db, aclosing(db.query_stream(q, batch_size)) as rows:
             self._state.count_query(None)
             async for row in rows:
                 yield row

@@ -20,7 +20,7 @@ from collections.abc import (
 )
 from contextlib import closing, contextmanager
 from types import TracebackType
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg.pq import TransactionStatus
@@ -49,11 +49,6 @@ Records = Sequence[Any]
 T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
 Operation = Callable[[_Queryable], T]
-
-
-def _stream(db: _Queryable, q: SQLQuery, batch_size: int) -> Generator[Row, None]:
-    # The pools' query_stream is a generator, typed as a plain iterator.
-    return cast(Generator[Row, None], db.query_stream(q, batch_size))
 
 
 def _host(db: _Queryable) -> ConnectionPool | Connection:
@@ -122,14 +117,14 @@ class Cluster:
             not_a_query(q)
         return self._route(lambda db: db.execute(q), False)
 
-    def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> Iterator[Row]:
+    def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> Generator[Row, None, None]:
         """Yield the rows of ``q`` in batches (see the pool's), from a replica when read-only.
 
         A replica that fails before the first row is replaced by another node.
         """
         self._check_open()
         if not self._is_read(q):
-            with self._writer() as db, closing(_stream(db, q, batch_size)) as rows:
+            with self._writer() as db, closing(db.query_stream(q, batch_size)) as rows:
                 self._state.count_query(None)
                 for row in rows:
                     yield row
@@ -142,7 +137,7 @@ class Cluster:
                 break
             started = False
             try:
-                with closing(_stream(self._replicas[i], q, batch_size)) as rows:
+                with closing(self._replicas[i].query_stream(q, batch_size)) as rows:
                     for row in rows:
                         if not started:
                             started = True
@@ -164,7 +159,7 @@ class Cluster:
                 self._state.selector.release(i)
         if not refused:
             self._state.no_replica()
-        with self._writer() as db, closing(_stream(db, q, batch_size)) as rows:
+        with self._writer() as db, closing(db.query_stream(q, batch_size)) as rows:
             self._state.count_query(None)
             for row in rows:
                 yield row

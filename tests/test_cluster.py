@@ -61,7 +61,6 @@ def make_cluster(pg_cluster: LocalCluster, rec: Recorder, **options: Any) -> Clu
             url,
             on_query_start=rec.start_hook(n),
             on_query_error=rec.error_hook(n),
-            queue_timeout=3,
             connect_timeout=2,
         )
         for n, url in enumerate(urls)
