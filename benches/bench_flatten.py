@@ -66,6 +66,23 @@ def test_batch_ends(benchmark: Any, module: str) -> None:
     assert result == [50_000, ROWS]
 
 
+@pytest.mark.benchmark(group="array parameters 100k int + 100k float")
+@pytest.mark.parametrize("module", IMPLS)
+@pytest.mark.parametrize("form", ["binary_array", "array_literal"])
+def test_array_parameters(benchmark: Any, module: str, form: str) -> None:
+    """The two numeric columns' parameters: binary arrays (sent now) vs array literals."""
+    flat = importlib.import_module(f"pgfast.{module}")
+    ints, _, floats = flat.records_to_columns(RECORDS, COLUMNS)
+
+    def encode() -> list[Any]:
+        if form == "binary_array":
+            return [flat.binary_array(ints, "int8"), flat.binary_array(floats, "float8")]
+        return [flat.array_literal(ints, None), flat.array_literal(floats, None)]
+
+    result = benchmark(encode)
+    assert None not in result
+
+
 # --- end to end: the sans-IO insert plan run by plain psycopg vs executemany ------------------
 
 INSERT_ROWS = [{"id": i, "name": f"user {i}", "score": i * 0.5} for i in range(ROWS)]

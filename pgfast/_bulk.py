@@ -28,18 +28,22 @@ Executor contract (what ``db.bulk_*`` on pools, connections, transactions and cl
 ``copy_types(info, columns)`` (OIDs for ``copy.set_types``) and
 ``pgfast._impl.flatten.records_to_rows(chunk, columns, start)`` per chunk.
 
-How values travel: one array parameter per column, cast to the column type
-and unnested server side. A column whose values are all of common types
-(None, bool, int, float, str, Decimal, UUID, date/time, timedelta, bytes) is
-sent as ONE string, its array literal (``{1,"a",NULL}``), written by the
-compiled ``flatten.array_literal``: psycopg adapts a list of 100,000 values
-element by element in Python, which would cost several times the whole
-server-side insert. A column holding anything else is sent as a list and
-adapted by psycopg (and its registered adapters). Array-typed columns
+How values travel: one array parameter per column, cast to the column type and
+unnested server side. A bool, int2/4/8 or float8 column whose values all fit
+it exactly (bool; int in range; float or int) is sent as ONE binary array
+(``flatten.binary_array``), the cheapest form for both sides; a value that
+does not fit (a str, an int out of range...) sends the column as text, so the
+server reports it as it would any bad value. Any other column whose values are
+all of common types (None, bool, int, float, str, Decimal, UUID, date/time,
+timedelta, bytes) is sent as ONE string, its array literal (``{1,"a",NULL}``),
+written by the compiled ``flatten.array_literal``: psycopg adapts a list of
+100,000 values element by element in Python, which would cost several times
+the whole server-side insert. A column holding anything else is sent as a list
+and adapted by psycopg (and its registered adapters). Array-typed columns
 (``int[]``) and ``json``/``jsonb`` are sent as ``text[]`` of each value's
-literal (or JSON text) and cast back per row: a list of lists would be one
-2-D array, which ``UNNEST`` flattens into scalars (and ragged lists are
-rejected), and JSON lists or strings would be read as arrays or text.
+literal (or JSON text) and cast back per row: a list of lists would be one 2-D
+array, which ``unnest`` flattens into scalars (and ragged lists are rejected),
+and JSON lists or strings would be read as arrays or text.
 
 Batches hold at most ``MAX_BATCH_ROWS`` rows and about ``MAX_BATCH_BYTES``
 of parameter data: the whole Bind message is built in memory by psycopg and
@@ -59,7 +63,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+import psycopg
+from psycopg.abc import Buffer
+from psycopg.adapt import Dumper
 from psycopg.errors import UndefinedTable
+from psycopg.pq import Format
 from psycopg.types.json import Json, Jsonb
 
 from pgfast._impl import flatten
@@ -97,6 +105,21 @@ _TYPE_RE = re.compile(
     rf"{_NAME}\s*{_MODIFIER}?(?:\s+{_WORD}\s*{_MODIFIER}?)*(?:\s*\[\s*\d*\s*\])*",
 )
 _JSON_TYPES = frozenset({"json", "jsonb", "pg_catalog.json", "pg_catalog.jsonb"})
+# Column types whose values may travel as a binary array (``flatten.binary_array``):
+# their names as written and as ``format_type`` spells them, lower case.
+_BINARY_ELEMENTS = {
+    "bool": "bool",
+    "boolean": "bool",
+    "int2": "int2",
+    "smallint": "int2",
+    "int4": "int4",
+    "int": "int4",
+    "integer": "int4",
+    "int8": "int8",
+    "bigint": "int8",
+    "float8": "float8",
+    "double precision": "float8",
+}
 _QUOTED_IDENT_RE = re.compile(r'"((?:[^"]|"")+)"')
 
 
@@ -264,6 +287,31 @@ def _array_literal(value: Sequence[Any], json_elements: bool) -> str:
     return "{" + ",".join(parts) + "}"
 
 
+class BinaryArray:
+    """An array parameter already in PostgreSQL's binary format, sent as it is."""
+
+    __slots__ = ("data", "type_name")
+
+    def __init__(self, data: bytes, type_name: str) -> None:
+        self.data = data
+        self.type_name = type_name
+
+    def __repr__(self) -> str:
+        return f"<{self.type_name}[] in binary, {len(self.data)} bytes>"
+
+
+class _BinaryArrayDumper(Dumper):
+    # OID 0 ("unknown"): the server takes the parameter's type from its cast
+    # ($1::int4[]), and array_recv checks the element type in the data.
+    format = Format.BINARY
+
+    def dump(self, obj: BinaryArray) -> Buffer:
+        return obj.data
+
+
+psycopg.adapters.register_dumper(BinaryArray, _BinaryArrayDumper)
+
+
 @dataclass(frozen=True)
 class _Column:
     """How one column travels: its parameter's array type and the cast back, if any."""
@@ -271,6 +319,7 @@ class _Column:
     name: str
     type_name: str
     encode: Callable[[Any], str] | None = None
+    binary: str | None = None  # the ``flatten.binary_array`` element type, if any
 
     @classmethod
     def of(cls, name: str, type_name: str) -> _Column:
@@ -287,11 +336,18 @@ class _Column:
             return cls(name, type_name, encode)
         if base in _JSON_TYPES:
             return cls(name, type_name, _json_text)
-        return cls(name, type_name)
+        return cls(name, type_name, binary=_BINARY_ELEMENTS.get(" ".join(base.split())))
 
     def param(self, values: list[Any], first_index: int) -> SQLQuery:
-        """One parameter holding ``values``: an array literal (one string, cheap for psycopg
-        to send) when every value has a known text form, else the list itself."""
+        """One parameter holding ``values``: a binary array when the column's type allows
+        and every value fits it exactly, else an array literal (one string, cheap for
+        psycopg to send) when every value has a known text form, else the list itself."""
+        if self.binary is not None:
+            data = flatten.binary_array(values, self.binary)
+            if data is not None:
+                return sql(
+                    "{}::{}", BinaryArray(data, self.type_name), sql.unsafe(self.type_name + "[]")
+                )
         if self.encode is None:
             literal = flatten.array_literal(values, _scalar_text)
             if literal is None:
@@ -320,23 +376,24 @@ class _Column:
                 "the value contains a NUL character (\\x00), which PostgreSQL cannot store"
             )
 
-    def output(self, alias: str) -> SQLQuery:
+    def output(self, param: SQLQuery) -> SQLQuery:
+        """The column's values, one per row, from its array parameter ``param``."""
         if self.encode is None:
-            return sql.unsafe(alias)
-        return sql.unsafe(f"{alias}::{self.type_name}")
+            return sql("unnest({})", param)
+        return sql("unnest({})::{}", param, sql.unsafe(self.type_name))
 
 
 def _unnest(columns: Sequence[_Column], values: Sequence[list[Any]], first: int) -> SQLQuery:
-    """``SELECT * FROM UNNEST($1::t1[], ...)``, casting text-encoded columns back."""
-    params = sql.join([c.param(v, first) for c, v in zip(columns, values, strict=True)], ", ")
-    if all(c.encode is None for c in columns):
-        return sql("SELECT * FROM UNNEST({})", params)
-    aliases = [f"c{i}" for i in range(len(columns))]
+    """``SELECT unnest($1::t1[]), ...``, casting text-encoded columns back.
+
+    Not ``SELECT * FROM UNNEST($1, ...)``: a function scan stores all its rows
+    before returning the first (spilling to disk past ``work_mem``), while
+    unnest calls in the select list stream them, which makes a bulk insert
+    about a third faster on the server.
+    """
     return sql(
-        "SELECT {} FROM UNNEST({}) AS bulk_unnest({})",
-        sql.join([c.output(a) for c, a in zip(columns, aliases, strict=True)], ", "),
-        params,
-        sql.unsafe(", ".join(aliases)),
+        "SELECT {}",
+        sql.join([c.output(c.param(v, first)) for c, v in zip(columns, values, strict=True)], ", "),
     )
 
 
@@ -447,7 +504,7 @@ def plan_insert(
     batch_rows: int = MAX_BATCH_ROWS,
     batch_bytes: int = MAX_BATCH_BYTES,
 ) -> BulkPlan:
-    """``INSERT INTO table (cols) SELECT * FROM UNNEST(...) [RETURNING ...]`` per batch."""
+    """``INSERT INTO table (cols) SELECT unnest(...), ... [RETURNING ...]`` per batch."""
     parsed = parse_table(table)
     rows = _as_list(records, "records")
     names = _names(flatten.keys_of(rows) if columns is None else columns)
@@ -485,7 +542,7 @@ def bulk_condition(
     where_columns: Sequence[str],
     column_types: Mapping[str, str],
 ) -> SQLQuery:
-    """``("a", "b") IN (SELECT * FROM UNNEST($1::t[], $2::t[]))`` for use in your own queries.
+    """``("a", "b") IN (SELECT unnest($1::t[]), unnest($2::t[]))`` for your own queries.
 
     A row matches when its ``where_columns`` equal one condition's values (a
     missing key is NULL, which matches nothing); no conditions match nothing.
@@ -507,7 +564,7 @@ def plan_delete(
     batch_rows: int = MAX_BATCH_ROWS,
     batch_bytes: int = MAX_BATCH_BYTES,
 ) -> BulkPlan:
-    """``DELETE FROM table WHERE (cols) IN (SELECT * FROM UNNEST(...))`` per batch."""
+    """``DELETE FROM table WHERE (cols) IN (SELECT unnest(...), ...)`` per batch."""
     parsed = parse_table(table)
     names, values = _conditions(conditions, where_columns)
 
@@ -590,7 +647,7 @@ def plan_update(
     batch_rows: int = MAX_BATCH_ROWS,
     batch_bytes: int = MAX_BATCH_BYTES,
 ) -> BulkPlan:
-    """``UPDATE table SET c = v.c FROM (SELECT * FROM UNNEST(...)) AS v WHERE table.k = v.k``.
+    """``UPDATE table SET c = v.c FROM (SELECT unnest(...), ...) AS v WHERE table.k = v.k``.
 
     ``updates`` are ``{"where": {...}, "set": {...}}``; a key missing from
     ``set`` sets that column to NULL, like a missing key in ``bulk_insert``.

@@ -1,14 +1,31 @@
-"""Error messages of the ``_flatten`` twins, in one place so both raise identical errors.
+"""Error messages and constants of the ``_flatten`` twins, in one place so both agree.
 
-Imported by ``pgfast._flatten_py`` and the compiled ``pgfast._flatten_c``, on
-their error paths only.
+Imported by ``pgfast._flatten_py`` and the compiled ``pgfast._flatten_c``; the
+messages are used on their error paths only.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
-__all__ = ["bad_columns", "bad_count", "not_a_record", "unknown_key", "wrong_length"]
+__all__ = [
+    "BINARY_ELEMENTS",
+    "bad_columns",
+    "bad_count",
+    "bad_element",
+    "not_a_record",
+    "unknown_key",
+    "wrong_length",
+]
+
+# Element types ``binary_array`` writes: name -> (type OID, kind, bytes per value).
+BINARY_ELEMENTS: dict[str, tuple[int, str, int]] = {
+    "bool": (16, "bool", 1),
+    "int2": (21, "int", 2),
+    "int4": (23, "int", 4),
+    "int8": (20, "int", 8),
+    "float8": (701, "float", 8),
+}
 
 
 def not_a_record(record: object, index: int) -> TypeError:
@@ -46,3 +63,7 @@ def bad_count(column_count: object) -> Exception:
     if type(column_count) is not int:
         return TypeError(f"column_count must be an int, not {type(column_count).__name__}")
     return ValueError(f"column_count must be >= 0, not {column_count}")
+
+
+def bad_element(element: object) -> ValueError:
+    return ValueError(f"element must be one of {sorted(BINARY_ELEMENTS)!r}, not {element!r}")

@@ -11,12 +11,16 @@ index, and a record of any other type is a ``TypeError`` naming its index.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from itertools import chain, repeat
 from typing import Any
 
 from pgfast._flatten_messages import (
+    BINARY_ELEMENTS,
     bad_columns,
     bad_count,
+    bad_element,
     not_a_record,
     unknown_key,
     wrong_length,
@@ -25,6 +29,7 @@ from pgfast._flatten_messages import (
 __all__ = [
     "array_literal",
     "batch_ends",
+    "binary_array",
     "keys_of",
     "record_to_row",
     "records_to_columns",
@@ -196,3 +201,55 @@ def array_literal(values: list[Any], default: Callable[[Any], str | None] | None
             parts += ('"', text, '"')
     parts.append("}")
     return "".join(parts)
+
+
+# struct code of each element type's values, and the types of value each holds.
+_CODES = {"bool": "?", "int2": "h", "int4": "i", "int8": "q", "float8": "d"}
+_HOLDS: dict[str, frozenset[type]] = {
+    "bool": frozenset({bool, type(None)}),
+    "int": frozenset({int, type(None)}),
+    "float": frozenset({float, int, type(None)}),
+}
+# PostgreSQL's own NaN (what float8in makes of the text 'nan'): NaNs of any
+# sign or payload are written as this one, exactly as the text path sends them.
+_CANONICAL_NAN: float = struct.unpack("!d", bytes.fromhex("7ff8000000000000"))[0]
+
+
+def binary_array(values: list[Any], element: str) -> bytes | None:
+    """``values`` as a one-dimensional PostgreSQL array in binary format (``array_recv``)
+    of ``element`` (a key of ``BINARY_ELEMENTS``), for one binary parameter.
+
+    ``None`` is NULL. Only values that the element type holds exactly are
+    written: bool for ``bool``, int in range for ``intN``, float and int for
+    ``float8``; when any value is something else the result is ``None``.
+    """
+    if type(values) is not list:
+        raise TypeError(f"values must be a list, not {type(values).__name__}")
+    spec = BINARY_ELEMENTS.get(element) if type(element) is str else None
+    if spec is None:
+        raise bad_element(element)
+    oid, kind, width = spec
+    if not _HOLDS[kind].issuperset(map(type, values)):
+        return None
+    present = [v for v in values if v is not None]
+    if kind == "int" and present:
+        bound = 1 << (8 * width - 1)
+        if min(present) < -bound or max(present) >= bound:
+            return None
+    elif kind == "float":
+        try:
+            present = [_CANONICAL_NAN if v != v else float(v) for v in present]
+        except OverflowError:
+            return None
+    if not values:
+        return struct.pack("!iii", 0, 0, oid)
+    header = struct.pack("!iiiii", 1, len(present) < len(values), oid, len(values), 1)
+    pair = "i" + _CODES[element]
+    if len(present) == len(values):
+        codes = pair * len(values)
+        args: Iterable[Any] = chain.from_iterable(zip(repeat(width), present))
+    else:
+        codes = "".join("i" if v is None else pair for v in values)
+        items = iter(present)
+        args = chain.from_iterable((-1,) if v is None else (width, next(items)) for v in values)
+    return header + struct.pack("!" + codes, *args)

@@ -7,7 +7,9 @@ build them with ``pgfast._flatten_messages``); library code takes whichever
 
 from collections.abc import Mapping
 
+from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_GetItem
+from cpython.float cimport PyFloat_AS_DOUBLE
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
@@ -16,8 +18,10 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 
 # Error paths only: one source of truth for the messages both twins raise.
 from pgfast._flatten_messages import (
+    BINARY_ELEMENTS,
     bad_columns,
     bad_count,
+    bad_element,
     not_a_record,
     unknown_key,
     wrong_length,
@@ -34,10 +38,13 @@ cdef extern from "Python.h":
     void _list_set "PyList_SET_ITEM"(PyObject *, Py_ssize_t, PyObject *)
     void _incref "Py_INCREF"(PyObject *)
     bint _dict_next "PyDict_Next"(PyObject *, Py_ssize_t *, PyObject **, PyObject **)
+    long long PyLong_AsLongLongAndOverflow(object, int *) except? -1
+    double PyLong_AsDouble(object) except? -1.0
 
 __all__ = [
     "array_literal",
     "batch_ends",
+    "binary_array",
     "keys_of",
     "record_to_row",
     "records_to_columns",
@@ -372,3 +379,111 @@ def array_literal(values, default):
             parts.append('"')
     parts.append("}")
     return "".join(parts)
+
+
+cdef inline char *_put_be(char *out, unsigned long long value, int width):
+    """Write the low ``width`` bytes of ``value`` big-endian (network order)."""
+    cdef int shift
+    for shift in range(width - 1, -1, -1):
+        out[0] = <char>((value >> (8 * shift)) & 0xFF)
+        out += 1
+    return out
+
+
+# PostgreSQL's own NaN (what float8in makes of 'nan'): NaNs of any sign or
+# payload arrive as this one, exactly as the text path sends them.
+cdef unsigned long long CANONICAL_NAN = 0x7FF8000000000000ULL
+
+
+cdef tuple KINDS = ("bool", "int", "float")  # the ``kind`` numbers of ``_to_bits``
+
+
+cdef union _Float8:
+    double value
+    unsigned long long bits
+
+
+cdef bint _to_bits(object value, int kind, int width, unsigned long long *bits) except -1:
+    """``value``'s bits as a ``width``-byte element of ``kind`` (0 bool, 1 int, 2 float);
+    False when the value has another type or does not fit (the text path decides)."""
+    cdef type cls = type(value)
+    cdef int overflow = 0
+    cdef long long number
+    cdef long long bound
+    cdef _Float8 f
+    if kind == 0:
+        if cls is not bool:
+            return False
+        bits[0] = 1 if value is True else 0
+        return True
+    if kind == 1:
+        if cls is not int:
+            return False
+        number = PyLong_AsLongLongAndOverflow(value, &overflow)
+        if overflow:
+            return False
+        if width < 8:
+            bound = 1LL << (8 * width - 1)
+            if not -bound <= number < bound:
+                return False
+        bits[0] = <unsigned long long>number
+        return True
+    if cls is float:
+        f.value = PyFloat_AS_DOUBLE(value)
+    elif cls is int:
+        try:
+            f.value = PyLong_AsDouble(value)
+        except OverflowError:
+            return False
+    else:
+        return False
+    bits[0] = CANONICAL_NAN if f.value != f.value else f.bits
+    return True
+
+
+def binary_array(values, element):
+    """``values`` as a one-dimensional PostgreSQL array in binary format (``array_recv``)
+    of ``element`` (a key of ``BINARY_ELEMENTS``), for one binary parameter.
+
+    ``None`` is NULL. Only values that the element type holds exactly are
+    written: bool for ``bool``, int in range for ``intN``, float and int for
+    ``float8``; when any value is something else the result is ``None``.
+    """
+    if type(values) is not list:
+        raise TypeError(f"values must be a list, not {type(values).__name__}")
+    spec = BINARY_ELEMENTS.get(element) if type(element) is str else None
+    if spec is None:
+        raise bad_element(element)
+    cdef unsigned long long oid = spec[0]
+    cdef int kind = KINDS.index(spec[1])
+    cdef int width = spec[2]
+    cdef Py_ssize_t i, count = len(<list>values)
+    cdef bint has_null = False
+    cdef unsigned long long bits
+    # Header (5 words), then per element a length word and at most ``width`` bytes.
+    cdef Py_ssize_t capacity = 20 + count * (4 + width)
+    cdef char *buffer = <char *>PyMem_Malloc(capacity)
+    cdef char *out = buffer + (20 if count else 12)
+    cdef object value
+    if buffer is NULL:
+        raise MemoryError()
+    try:
+        for i in range(count):
+            value = (<list>values)[i]
+            if value is None:
+                has_null = True
+                out = _put_be(out, 0xFFFFFFFFULL, 4)  # length -1: NULL
+            elif _to_bits(value, kind, width, &bits):
+                out = _put_be(out, width, 4)
+                out = _put_be(out, bits, width)
+            else:
+                return None
+        _put_be(buffer, 1 if count else 0, 4)  # dimensions: an empty array has none
+        _put_be(buffer + 4, has_null, 4)
+        _put_be(buffer + 8, oid, 4)
+        if count:
+            _put_be(buffer + 12, count, 4)  # length and lower bound of the dimension
+            _put_be(buffer + 16, 1, 4)
+        return PyBytes_FromStringAndSize(buffer, out - buffer)
+    finally:
+        PyMem_Free(buffer)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import ipaddress
+import math
+import struct
 import uuid
 from collections.abc import Iterator
 from decimal import Decimal
@@ -21,7 +23,32 @@ TYPES = {"id": "int8", "name": "text"}
 
 
 def texts(plan: _bulk.BulkPlan, info: _bulk.TableInfo | None = None) -> list[tuple[str, list[Any]]]:
-    return [q.format() for q in plan.queries(info)]
+    """Each batch's SQL and parameters, binary arrays as their bytes."""
+    return [(text, _plain(params)) for text, params in (q.format() for q in plan.queries(info))]
+
+
+def _plain(params: list[Any]) -> list[Any]:
+    return [p.data if isinstance(p, _bulk.BinaryArray) else p for p in params]
+
+
+# (type OID, struct code) of the binary array elements, written independently of _flatten.
+ELEMENTS = {"bool": (16, "?"), "int2": (21, "h"), "int4": (23, "i"), "int8": (20, "q")}
+ELEMENTS["float8"] = (701, "d")
+
+
+def binary(element: str, *values: Any) -> bytes:
+    """The binary (``array_send``) form of a one-dimensional array of ``values``."""
+    oid, code = ELEMENTS[element]
+    if not values:
+        return struct.pack("!iii", 0, 0, oid)
+    out = struct.pack("!iiiii", 1, None in values, oid, len(values), 1)
+    for value in values:
+        out += (
+            struct.pack("!i", -1)
+            if value is None
+            else struct.pack("!i" + code, struct.calcsize("!" + code), value)
+        )
+    return out
 
 
 # --- names and types (no server) ----------------------------------------------------------
@@ -123,8 +150,9 @@ def test_insert_sql_and_params() -> None:
     assert not plan.returns_rows
     assert texts(plan) == [
         (
-            'INSERT INTO "app"."users" ("id", "name") SELECT * FROM UNNEST($1::int8[], $2::text[])',
-            ["{1,2}", '{"a",NULL}'],
+            'INSERT INTO "app"."users" ("id", "name") '
+            "SELECT unnest($1::int8[]), unnest($2::text[])",
+            [binary("int8", 1, 2), '{"a",NULL}'],
         )
     ]
 
@@ -141,7 +169,7 @@ def test_insert_tuples_with_columns_and_returning() -> None:
     assert plan.returns_rows
     [(text, params)] = texts(plan)
     assert text.endswith(' RETURNING "id"')
-    assert params == ["{1,2}", '{"a","b"}']
+    assert params == [binary("int8", 1, 2), '{"a","b"}']
     plan = _bulk.plan_insert(
         "users", [(1,)], columns=["id"], column_types=TYPES, returning=sql("*")
     )
@@ -161,9 +189,9 @@ def test_insert_batches() -> None:
     records = [{"id": i, "name": str(i)} for i in range(5)]
     plan = _bulk.plan_insert("users", records, column_types=TYPES, batch_rows=2)
     assert [params for _, params in texts(plan)] == [
-        ["{0,1}", '{"0","1"}'],
-        ["{2,3}", '{"2","3"}'],
-        ["{4}", '{"4"}'],
+        [binary("int8", 0, 1), '{"0","1"}'],
+        [binary("int8", 2, 3), '{"2","3"}'],
+        [binary("int8", 4), '{"4"}'],
     ]
     plan = _bulk.plan_insert("users", records, column_types=TYPES, batch_bytes=40)
     assert len(plan.queries()) == 3  # 17 bytes a row: 2 per batch
@@ -187,11 +215,11 @@ def test_array_and_json_columns_travel_as_text() -> None:
     )
     [(text, params)] = texts(plan)
     assert text == (
-        'INSERT INTO "t" ("id", "tags", "doc") SELECT c0, c1::text[], c2::jsonb '
-        "FROM UNNEST($1::int8[], $2::text[], $3::text[]) AS bulk_unnest(c0, c1, c2)"
+        'INSERT INTO "t" ("id", "tags", "doc") SELECT unnest($1::int8[]), '
+        "unnest($2::text[])::text[], unnest($3::text[])::jsonb"
     )
     # Each value's own literal (or JSON text) is one element of a text[] literal.
-    assert params == ["{1,2,3}", r'{"{\"a\"}",NULL,"{}"}', r'{"[1]",NULL,"\"text\""}']
+    assert params == [binary("int8", 1, 2, 3), r'{"{\"a\"}",NULL,"{}"}', r'{"[1]",NULL,"\"text\""}']
 
 
 @pytest.mark.nodb
@@ -208,9 +236,59 @@ def test_common_types_are_written_as_literals() -> None:
         '{"1.50",NULL}',
         '{"00000000-0000-0000-0000-000000000001",NULL}',
         r'{"\\x01",NULL}',
-        "{0.1,inf}",
+        binary("float8", 0.1, float("inf")),
         r'{"a\"\\",""}',
     ]
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize(
+    ("type_name", "value", "element"),
+    [
+        ("bool", True, "bool"),
+        ("BOOLEAN", False, "bool"),
+        ("int2", 7, "int2"),
+        ("smallint", -7, "int2"),
+        ("int4", 7, "int4"),
+        ("integer", 7, "int4"),
+        ("INT", 7, "int4"),
+        ("bigint", 7, "int8"),
+        ("float8", 0.5, "float8"),
+        ("double  precision", 2, "float8"),
+    ],
+)
+def test_binary_columns(type_name: str, value: Any, element: str) -> None:
+    plan = _bulk.plan_insert("t", [{"v": value}, {"v": None}], column_types={"v": type_name})
+    [(text, params)] = texts(plan)
+    assert text == f'INSERT INTO "t" ("v") SELECT unnest($1::{type_name}[])'
+    assert params == [binary(element, value, None)]
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize(
+    ("type_name", "values", "literal"),
+    [
+        ("int4", [1, 2**31], "{1,2147483648}"),  # out of range: the server says so
+        ("int2", [1, "2"], '{1,"2"}'),
+        ("int8", [1.5], "{1.5}"),
+        ("bool", [1, True], "{1,t}"),
+        ("float8", [10**20, "nan"], '{100000000000000000000,"nan"}'),
+        ("float4", [0.5], "{0.5}"),  # float4 rounding stays the server's
+        ("numeric", [1], "{1}"),
+        ("my_domain", [1], "{1}"),
+    ],
+)
+def test_values_that_do_not_fit_travel_as_text(
+    type_name: str, values: list[Any], literal: str
+) -> None:
+    plan = _bulk.plan_insert("t", [{"v": v} for v in values], column_types={"v": type_name})
+    assert texts(plan)[0][1] == [literal]
+
+
+@pytest.mark.nodb
+def test_binary_parameter_repr() -> None:
+    [query] = _bulk.plan_insert("t", [{"v": 1}], column_types={"v": "int8"}).queries()
+    assert repr(query.format()[1][0]) == "<int8[] in binary, 32 bytes>"
 
 
 class Mood(enum.Enum):
@@ -248,7 +326,12 @@ def test_types_looked_up_and_merged() -> None:
         ],
     )
     assert info.columns == ("id", "name")
-    assert texts(plan, info)[0][0].endswith("UNNEST($1::bigint[], $2::varchar[])")
+    assert texts(plan, info) == [
+        (
+            'INSERT INTO "users" ("id", "name") SELECT unnest($1::bigint[]), unnest($2::varchar[])',
+            [binary("int8", 1), '{"a"}'],
+        )
+    ]
     missing = _bulk.table_info(_bulk.parse_table("users"), [("name", "text", 25)])
     with pytest.raises(ValueError, match="'id': table \"users\" has no such column"):
         plan.queries(missing)
@@ -297,10 +380,10 @@ def test_update_sql() -> None:
     )
     assert texts(plan) == [
         (
-            'UPDATE "app"."users" SET "name" = pgfast_bulk.s0 FROM (SELECT * FROM '
-            "UNNEST($1::int8[], $2::text[])) AS pgfast_bulk(w0, s0) "
+            'UPDATE "app"."users" SET "name" = pgfast_bulk.s0 FROM (SELECT '
+            "unnest($1::int8[]), unnest($2::text[])) AS pgfast_bulk(w0, s0) "
             'WHERE "users"."id" = pgfast_bulk.w0 RETURNING "id"',
-            ["{1,2}", '{"x",NULL}'],
+            [binary("int8", 1, 2), '{"x",NULL}'],
         )
     ]
 
@@ -332,12 +415,12 @@ def test_delete_sql_batches() -> None:
     )
     assert texts(plan) == [
         (
-            'DELETE FROM "t" WHERE ("a", "b") IN (SELECT * FROM UNNEST($1::int4[], $2::text[]))',
-            ["{1,2}", '{"x",NULL}'],
+            'DELETE FROM "t" WHERE ("a", "b") IN (SELECT unnest($1::int4[]), unnest($2::text[]))',
+            [binary("int4", 1, 2), '{"x",NULL}'],
         ),
         (
-            'DELETE FROM "t" WHERE ("a", "b") IN (SELECT * FROM UNNEST($1::int4[], $2::text[]))',
-            ["{NULL}", '{"z"}'],
+            'DELETE FROM "t" WHERE ("a", "b") IN (SELECT unnest($1::int4[]), unnest($2::text[]))',
+            [binary("int4", None), '{"z"}'],
         ),
     ]
 
@@ -357,14 +440,12 @@ def test_select_sql() -> None:
     assert texts(plan) == [
         (
             'SELECT DISTINCT ON ("name") "id", "name" FROM "t" WHERE ("id") IN '
-            '(SELECT * FROM UNNEST($1::int8[])) ORDER BY "name" ASC, "id" DESC LIMIT $2',
-            ["{1}", 5],
+            '(SELECT unnest($1::int8[])) ORDER BY "name" ASC, "id" DESC LIMIT $2',
+            [binary("int8", 1), 5],
         )
     ]
     plain = _bulk.plan_select("t", [{"id": 1}], where_columns=["id"], column_types=TYPES)
-    assert texts(plain)[0][0] == (
-        'SELECT * FROM "t" WHERE ("id") IN (SELECT * FROM UNNEST($1::int8[]))'
-    )
+    assert texts(plain)[0][0] == ('SELECT * FROM "t" WHERE ("id") IN (SELECT unnest($1::int8[]))')
     assert _bulk.plan_select("t", [], where_columns=["id"], column_types=TYPES).queries() == []
 
 
@@ -389,9 +470,10 @@ def test_bulk_condition() -> None:
     cond = _bulk.bulk_condition(
         [{"a": 1, "b": "x"}], where_columns=["a", "b"], column_types={"a": "int4", "b": "text"}
     )
-    assert cond.format() == (
-        '("a", "b") IN (SELECT * FROM UNNEST($1::int4[], $2::text[]))',
-        ["{1}", '{"x"}'],
+    text, params = cond.format()
+    assert (text, _plain(params)) == (
+        '("a", "b") IN (SELECT unnest($1::int4[]), unnest($2::text[]))',
+        [binary("int4", 1), '{"x"}'],
     )
     with pytest.raises(ValueError, match="no type for column\\(s\\) 'b'"):
         _bulk.bulk_condition([{"a": 1}], where_columns=["a", "b"], column_types={"a": "int4"})
@@ -531,6 +613,42 @@ def test_value_round_trips(conn: psycopg.Connection[Any], type_name: str, value:
     run(conn, looked_up(conn, plan))
     cur = conn.execute("SELECT v FROM bulk_test.one")
     assert sorted(cur.fetchall(), key=lambda row: row[0] is None) == [(value,), (None,)]
+
+
+@pytest.mark.parametrize(
+    ("type_name", "values"),
+    [
+        ("bool", [True, False]),
+        ("smallint", [-(2**15), 2**15 - 1, 0]),
+        ("integer", [-(2**31), 2**31 - 1]),
+        ("int8", [-(2**63), 2**63 - 1]),
+        ("double precision", [0.1, -0.0, float("inf"), 5e-324, 2**53 + 1, -(10**30)]),
+    ],
+)
+def test_binary_values_round_trip(
+    conn: psycopg.Connection[Any], type_name: str, values: list[Any]
+) -> None:
+    conn.execute(f"CREATE TABLE bulk_test.one (i int, v {type_name})")
+    records = [{"i": i, "v": v} for i, v in enumerate([*values, None])]
+    plan = _bulk.plan_insert("bulk_test.one", records)
+    [query] = looked_up(conn, plan)
+    assert all(isinstance(p, _bulk.BinaryArray) for p in query.format()[1])
+    run(conn, [query])
+    back = [v for (v,) in conn.execute("SELECT v FROM bulk_test.one ORDER BY i")]
+    exact = [
+        float(v) if isinstance(v, int) and type_name == "double precision" else v for v in values
+    ]
+    assert back == [*exact, None]
+    assert [type(v) for v in back[:-1]] == [type(v) for v in exact]
+    assert [math.copysign(1, v) for v in back[:-1]] == [math.copysign(1, v) for v in exact]
+
+
+def test_value_that_does_not_fit_gets_the_servers_error(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE TABLE bulk_test.one (v int4)")
+    plan = _bulk.plan_insert("bulk_test.one", [{"v": 1}, {"v": "x"}])
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="integer"):
+        run(conn, looked_up(conn, plan))
+    assert conn.execute("SELECT count(*) FROM bulk_test.one").fetchone() == (0,)
 
 
 def test_other_types_round_trip_through_psycopg(conn: psycopg.Connection[Any]) -> None:

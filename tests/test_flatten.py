@@ -207,6 +207,69 @@ def test_array_literal_default(flat: ModuleType) -> None:
         flat.array_literal((1,), None)
 
 
+def test_binary_array(flat: ModuleType) -> None:
+    # array_send's layout: ndim, has-null flag, element OID, (length, lower bound) per
+    # dimension, then a length word (-1 for NULL) and big-endian bytes per element.
+    assert flat.binary_array([1, None, -2], "int4") == bytes.fromhex(
+        "00000001 00000001 00000017 00000003 0000000100000004 00000001 ffffffff 00000004 fffffffe"
+    )
+    assert flat.binary_array([True, False], "bool") == bytes.fromhex(
+        "00000001 00000000 00000010 00000002 00000001 00000001 01 00000001 00"
+    )
+    assert flat.binary_array([-1], "int2") == bytes.fromhex(
+        "00000001 00000000 00000015 00000001 00000001 00000002 ffff"
+    )
+    assert flat.binary_array([2**63 - 1], "int8") == bytes.fromhex(
+        "00000001 00000000 00000014 00000001 00000001 00000008 7fffffffffffffff"
+    )
+    assert flat.binary_array([], "int8") == bytes.fromhex("00000000 00000000 00000014")
+
+
+def test_binary_array_floats(flat: ModuleType) -> None:
+    header = "00000001 00000000 000002bd 00000004 00000001"
+    assert flat.binary_array([1.5, -0.0, 3, float("-inf")], "float8") == bytes.fromhex(
+        header + "00000008 3ff8000000000000 00000008 8000000000000000"
+        "00000008 4008000000000000 00000008 fff0000000000000"
+    )
+    # Every NaN is PostgreSQL's one NaN, as float8in makes of the text 'nan'.
+    negative_nan = -float("nan")
+    canonical = flat.binary_array([float("nan")], "float8")
+    assert flat.binary_array([negative_nan], "float8") == canonical
+    assert canonical is not None and canonical.endswith(bytes.fromhex("7ff8000000000000"))
+
+
+@pytest.mark.parametrize(
+    ("values", "element"),
+    [
+        ([1, "2"], "int4"),
+        ([2**31], "int4"),
+        ([-(2**31) - 1], "int4"),
+        ([2**15], "int2"),
+        ([2**63], "int8"),
+        ([True], "int8"),
+        ([1.0], "int8"),
+        ([1], "bool"),
+        ([None, "t"], "bool"),
+        ([10**400], "float8"),
+        (["1.5"], "float8"),
+        ([Decimal("1.5")], "float8"),
+    ],
+)
+def test_binary_array_of_values_that_do_not_fit(
+    flat: ModuleType, values: list[Any], element: str
+) -> None:
+    assert flat.binary_array(values, element) is None
+
+
+def test_binary_array_errors(flat: ModuleType) -> None:
+    with pytest.raises(ValueError, match=r"element must be one of \['bool', .*\], not 'int'"):
+        flat.binary_array([1], "int")
+    with pytest.raises(ValueError, match="not None"):
+        flat.binary_array([1], None)
+    with pytest.raises(TypeError, match="values must be a list, not tuple"):
+        flat.binary_array((1,), "int4")
+
+
 # --- compiled vs pure parity -------------------------------------------------------------
 
 KEYS = ["a", "b", "c", "d"]
@@ -298,4 +361,42 @@ def test_parity_array_literal(
     compiled, pure = twin("_flatten", "cython"), twin("_flatten", "python")
     assert outcome(compiled.array_literal, items, default) == outcome(
         pure.array_literal, items, default
+    )
+
+
+# Values each binary element type holds, and then any value (most of which do not fit).
+fitting = {
+    "bool": st.booleans(),
+    "int2": st.integers(-(2**15), 2**15 - 1),
+    "int4": st.integers(-(2**31), 2**31 - 1),
+    "int8": st.integers(-(2**63), 2**63 - 1),
+    "float8": st.floats() | st.integers(-(2**70), 2**70),
+}
+misfits = st.one_of(
+    st.booleans(),
+    st.integers(),
+    st.sampled_from([2**15, -(2**15) - 1, 2**31, -(2**31) - 1, 2**63, -(2**63) - 1, 10**400]),
+    st.floats(),
+    st.text(max_size=2),
+)
+
+
+@needs_both
+@settings(max_examples=300, deadline=None)
+@given(
+    st.sampled_from(sorted(fitting)).flatmap(
+        lambda element: st.tuples(
+            st.just(element),
+            st.lists(st.none() | fitting[element], max_size=8),
+            st.lists(misfits, max_size=1),
+        )
+    )
+)
+def test_parity_binary_array(case: tuple[str, list[Any], list[Any]]) -> None:
+    element, items, extra = case
+    compiled, pure = twin("_flatten", "cython"), twin("_flatten", "python")
+    if not extra:
+        assert pure.binary_array(items, element) is not None
+    assert outcome(compiled.binary_array, items + extra, element) == outcome(
+        pure.binary_array, items + extra, element
     )
