@@ -14,12 +14,23 @@ from typing import TextIO
 
 import psycopg
 
-from ._cluster_common import STATUS_SQL
 from ._config import resolve_config
 from ._exceptions import ConfigurationError
 
 HELP = "show the version, role and replication lag of each server"
 CHECK_TIMEOUT = 5
+# A standby on its own: replay position, WAL receiver status, and lag in seconds.
+# Without the primary's position, "replayed all it received" counts as caught up
+# only while the receiver streams: a stalled receiver makes the lag unknown.
+STANDBY_SQL = """\
+SELECT pg_last_wal_replay_lsn()::text,
+       r.status,
+       CASE
+         WHEN r.status IS DISTINCT FROM 'streaming' THEN NULL
+         WHEN pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() THEN 0
+         ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
+       END
+FROM (SELECT 1) one LEFT JOIN pg_stat_wal_receiver r ON true"""
 
 
 @dataclass(frozen=True)
@@ -31,6 +42,7 @@ class NodeReport:
     role: str | None = None  # "primary" or "standby"
     lag: float | None = None  # standby: seconds behind; None when unknown
     replay_lsn: str | None = None  # standby: WAL replayed; primary: WAL written
+    receiver: str | None = None  # standby: WAL receiver status, None when it has none
     streaming_replicas: int | None = None  # primary: standbys connected to it
     error: str | None = None
 
@@ -41,7 +53,8 @@ class NodeReport:
         if self.role == "primary":
             return f"{text}, WAL at {self.replay_lsn}, {self.streaming_replicas} streaming replicas"
         lag = "unknown" if self.lag is None else f"{self.lag:.3f} s"
-        return f"{text}, replayed {self.replay_lsn}, lag {lag}"
+        receiver = self.receiver or "none"
+        return f"{text}, replayed {self.replay_lsn}, WAL receiver {receiver}, lag {lag}"
 
 
 def default_urls() -> list[str]:
@@ -60,10 +73,15 @@ def check_node(url: str) -> NodeReport:
             standby = conn.execute("SELECT pg_is_in_recovery()").fetchone()
             assert version is not None and standby is not None
             if standby[0]:
-                status = conn.execute(STATUS_SQL).fetchone()
+                status = conn.execute(STANDBY_SQL).fetchone()
                 assert status is not None
                 return NodeReport(
-                    config.display, version[0], "standby", status[1], replay_lsn=status[0]
+                    config.display,
+                    version[0],
+                    "standby",
+                    status[2],
+                    replay_lsn=status[0],
+                    receiver=status[1],
                 )
             primary = conn.execute(
                 "SELECT pg_current_wal_lsn()::text, "

@@ -8,6 +8,8 @@ live in ``_cluster_common``.
 from __future__ import annotations
 
 import contextlib
+import math
+import time
 from collections.abc import (
     AsyncGenerator,
     AsyncIterable,
@@ -23,10 +25,12 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import generators
 from psycopg.pq import TransactionStatus
 
 from . import _impl
 from ._cluster_common import (
+    PRIMARY_LSN_SQL,
     REPLAY_LSN_SQL,
     STATUS_SQL,
     WRITE_LSN_SQL,
@@ -34,6 +38,8 @@ from ._cluster_common import (
     ClusterState,
     Failure,
     classify_failure,
+    probe_row,
+    probe_timeout,
 )
 from ._exceptions import PoolClosedError
 from ._pool_async import (
@@ -49,6 +55,7 @@ Records = Sequence[Any]
 T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
 Operation = Callable[[_AsyncQueryable], Awaitable[T]]
+ProbeConnection = psycopg.AsyncConnection[Any]
 
 
 def _host(db: _AsyncQueryable) -> AsyncConnectionPool | AsyncConnection:
@@ -72,7 +79,11 @@ class AsyncCluster:
         self._state = state
         self._interval = health_check_interval
         self._closed = False
-        self._health = AsyncHealthRunner(self._health_loop)
+        self._probe_timeout = probe_timeout(health_check_interval)
+        # A round probes the primary, then the replicas (at worst one by one in the
+        # sync twin); each probe may connect then query, each step bounded.
+        stop_timeout = 2 * self._probe_timeout * (1 + len(replicas))
+        self._health = AsyncHealthRunner(self._health_loop, stop_timeout)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{len(self._replicas)} replicas"
@@ -407,7 +418,7 @@ class AsyncCluster:
         """A replica (counted in flight) for a read, or -1 for the primary."""
         state = self._state
         i: int = state.selector.pick(state.eligible(exclude))
-        if i >= 0 or not state.token.get():
+        if i >= 0 or not state.token():
             return i
         # No replica is known to have replayed this context's writes: ask one.
         i = state.selector.pick(state.candidates(exclude))
@@ -467,13 +478,30 @@ class AsyncCluster:
     # -- health --------------------------------------------------------------
 
     async def _health_loop(self, runner: AsyncHealthRunner) -> None:
-        """Probe every replica each ``health_check_interval`` on its own connection:
-        down ones come back when they answer, up ones report replay position and lag."""
-        probes: list[psycopg.AsyncConnection[Any] | None] = [None] * len(self._replicas)
+        """Each ``health_check_interval``: sample the primary's WAL position, then probe
+        every replica on its own connection: down ones come back when they answer, up
+        ones report replay position and lag. Every probe is bounded in time."""
+        # Slot 0 is the primary's probe connection, slot i + 1 replica i's.
+        probes: list[ProbeConnection | None] = [None] * (1 + len(self._replicas))
+
+        async def probe_replica(i: int) -> None:
+            try:
+                row = await self._probe(probes, i + 1, STATUS_SQL)
+            except Exception as exc:
+                self._state.mark_down(i, f"health probe failed: {exc}")
+                return
+            self._state.record_status(i, row, time.monotonic())
+            self._state.mark_up(i)
+
         try:
             while True:
-                for i, conn in enumerate(probes):
-                    probes[i] = await self._probe(i, conn)
+                at = time.monotonic()
+                # Without the primary, lag is measured against its last known position.
+                with contextlib.suppress(Exception):
+                    position = (await self._probe(probes, 0, PRIMARY_LSN_SQL))[0]
+                    if position is not None:
+                        self._state.record_primary(position, at)
+                await runner.each(len(self._replicas), probe_replica)
                 if await runner.sleep(self._interval):
                     break
         finally:
@@ -482,23 +510,35 @@ class AsyncCluster:
                     await conn.close()
 
     async def _probe(
-        self, i: int, conn: psycopg.AsyncConnection[Any] | None
-    ) -> psycopg.AsyncConnection[Any] | None:
-        state = self._state
-        config = self._replicas[i]._config
+        self, probes: list[ProbeConnection | None], slot: int, query: bytes
+    ) -> list[str | None]:
+        """The first row of ``query`` on the probe connection ``probes[slot]`` (opened
+        when needed), within the probe timeout: a server that stopped answering (a
+        partition, a stopped process) cannot hang the health loop. Raises on failure,
+        closing the connection."""
+        pool = self._primary if slot == 0 else self._replicas[slot - 1]
+        config = pool._config
+        conn = probes[slot]
+        started = time.monotonic()
         try:
             if conn is None or conn.closed:
-                conn = await psycopg.AsyncConnection.connect(
-                    config.conninfo, **config.password_kwargs()
+                conn = probes[slot] = await psycopg.AsyncConnection.connect(
+                    config.conninfo,
+                    **{
+                        **config.password_kwargs(),
+                        "connect_timeout": math.ceil(self._probe_timeout),
+                    },
                 )
-            cur = await conn.execute(STATUS_SQL)
-            row = await cur.fetchone()
-            assert row is not None
+            conn.pgconn.send_query(query)
+            # psycopg's own wait loop, with a deadline (its query methods have none).
+            results = await conn.wait(generators.execute(conn.pgconn), timeout=self._probe_timeout)
+            return probe_row(results)
         except Exception as exc:
-            state.mark_down(i, config.redact(str(exc)))
+            probes[slot] = None
             if conn is not None:
-                await conn.close()
-            return None
-        state.record_status(i, row[0], row[1])
-        state.mark_up(i)
-        return conn
+                await conn.close()  # mid-query after a timeout: unusable
+            if time.monotonic() - started >= self._probe_timeout:
+                reason = f"no answer within {self._probe_timeout:g} s"
+            else:
+                reason = config.redact(str(exc)) or type(exc).__name__
+            raise psycopg.OperationalError(reason) from None

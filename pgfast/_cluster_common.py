@@ -13,11 +13,15 @@ import contextlib
 import enum
 import re
 import threading
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, overload
 
 import psycopg
+from psycopg.pq import ExecStatus
+from psycopg.pq.abc import PGresult
 
 from . import _impl
 from ._exceptions import Error, PoolClosedError, PoolTimeoutError
@@ -35,21 +39,47 @@ __all__ = ["create_cluster", "is_read_only"]
 # below the end of the write's commit record, even with synchronous_commit=off.
 WRITE_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
-# One round trip per replica and health tick: replay position and lag in
-# seconds. A replica that has replayed everything it received is not behind,
-# however old its last replayed transaction is (an idle primary sends nothing).
-STATUS_SQL = """\
-SELECT pg_last_wal_replay_lsn()::text,
-       CASE
-         WHEN NOT pg_is_in_recovery() THEN 0
-         WHEN pg_last_wal_replay_lsn() >= pg_last_wal_receive_lsn() THEN 0
-         ELSE EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8
-       END"""
+# Health probes. Each is one round trip, answered as text, within probe_timeout():
+# the primary's WAL position, then each replica's state: in recovery, replay
+# position, age of its last replayed commit, WAL receiver status (NULL: no
+# receiver; 'unknown': not visible to this role).
+PRIMARY_LSN_SQL = b"SELECT pg_current_wal_lsn()::text"
+STATUS_SQL = b"""\
+SELECT pg_is_in_recovery()::text,
+       pg_last_wal_replay_lsn()::text,
+       EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8::text,
+       (SELECT coalesce(status, 'unknown') FROM pg_stat_wal_receiver)"""
+
+
+def probe_timeout(health_check_interval: float) -> float:
+    """How long a health probe (connect or query) may take before its node counts as down."""
+    return min(max(2 * health_check_interval, 1.0), 5.0)
+
+
+def probe_row(results: Sequence[PGresult]) -> list[str | None]:
+    """The first row of a probe's results as text; an error result raises."""
+    res = results[-1] if results else None
+    if res is None or res.status != ExecStatus.TUPLES_OK or res.ntuples < 1:
+        message = b"no result" if res is None else res.error_message or b"no row"
+        raise psycopg.OperationalError(message.decode(errors="replace").strip())
+    return [
+        None if (value := res.get_value(0, col)) is None else value.decode()
+        for col in range(res.nfields)
+    ]
+
 
 # Replica errors that say "this statement writes" or "this replica could not
 # finish a read because of replay" (recovery conflicts): the replica wrote
 # nothing, so the primary runs the statement again.
 RERUN_ON_PRIMARY = frozenset({"25006", "40001", "40P01"})
+
+# The read-your-writes position of each cluster in the current context (thread
+# or task). One variable for all clusters, holding a mapping weakly keyed by
+# cluster state: a disposed, unreferenced cluster leaves nothing behind. The
+# mapping is never mutated once set, so contexts never share updates.
+_TOKENS: ContextVar[weakref.WeakKeyDictionary[ClusterState, int] | None] = ContextVar(
+    "pgfast_cluster_tokens", default=None
+)
 
 _LSN = re.compile(r"([0-9A-Fa-f]{1,8})/([0-9A-Fa-f]{1,8})")
 
@@ -129,15 +159,30 @@ class ClusterState:
         self.replica_queries = [0] * replica_count
         self._lag_ok = (1 << replica_count) - 1 if max_replica_lag is None else 0
         self._lock = threading.Lock()
-        # One variable per cluster: a token applies to the cluster it came from.
-        self.token: ContextVar[int] = ContextVar(f"pgfast_cluster_token_{id(self)}", default=0)
+        # (monotonic time, primary WAL position then): recent health rounds' samples.
+        self._primary_positions: deque[tuple[float, int]] = deque(maxlen=16)
+        # When each replica was last known to hold all the primary had written.
+        self._caught_up_at: list[float | None] = [None] * replica_count
+
+    def token(self) -> int:
+        """This context's read-your-writes position for this cluster (0: none)."""
+        tokens = _TOKENS.get()
+        return 0 if tokens is None else tokens.get(self, 0)
+
+    def _set_token(self, position: int) -> None:
+        tokens = weakref.WeakKeyDictionary(_TOKENS.get() or ())
+        if position:
+            tokens[self] = position
+        else:
+            tokens.pop(self, None)
+        _TOKENS.set(tokens)
 
     # -- read routing --------------------------------------------------------
 
     def eligible(self, exclude: int) -> int:
         """Bitmask of the replicas allowed to serve a read now (before up/down)."""
         mask = self._lag_ok & ~exclude
-        token = self.token.get()
+        token = self.token()
         if token and mask:
             replay = self.replay_lsn
             for i in range(self.count):
@@ -150,11 +195,11 @@ class ClusterState:
         return self._lag_ok & ~exclude
 
     def reached_token(self, i: int) -> bool:
-        return (self.replay_lsn[i] or 0) >= self.token.get()
+        return (self.replay_lsn[i] or 0) >= self.token()
 
     def no_replica(self) -> None:
         """Called when no replica can serve a read: raise unless the primary may."""
-        if not self.fallback_to_primary and not self.token.get():
+        if not self.fallback_to_primary and not self.token():
             raise Error(
                 "no replica can serve this read (all are down or too far behind) and "
                 "fallback_to_primary is False"
@@ -169,9 +214,25 @@ class ClusterState:
 
     # -- measurements --------------------------------------------------------
 
-    def record_status(self, i: int, replay: str | None, lag: float | None) -> None:
-        """Store what the health loop measured on replica ``i``."""
+    def record_primary(self, position: str, at: float) -> None:
+        """The primary's WAL position, asked for at monotonic time ``at``."""
+        with self._lock:
+            self._primary_positions.append((at, parse_lsn(position)))
+
+    def record_status(self, i: int, row: Sequence[str | None], now: float) -> None:
+        """Store what the health loop read on replica ``i`` (a ``STATUS_SQL`` row)."""
+        in_recovery, replay, replay_age, receiver = row
         self.note_replay(i, replay)
+        if in_recovery != "true":
+            lag: float | None = 0.0  # promoted: nothing to wait for
+        else:
+            lag = self._replica_lag(
+                i,
+                None if replay is None else parse_lsn(replay),
+                None if replay_age is None else max(0.0, float(replay_age)),
+                None if receiver == "unknown" else receiver == "streaming",
+                now,
+            )
         self.lag[i] = lag
         limit = self.max_replica_lag
         if limit is not None:
@@ -181,6 +242,43 @@ class ClusterState:
                     self._lag_ok |= bit
                 else:
                     self._lag_ok &= ~bit
+
+    def _replica_lag(
+        self,
+        i: int,
+        replay: int | None,
+        replay_age: float | None,
+        receiving: bool | None,
+        now: float,
+    ) -> float | None:
+        """Seconds of writes replica ``i`` may be missing (``None``: unknown).
+
+        Measured against the primary's position, never the replica's own view
+        alone: a replica whose WAL receiver stalled has replayed all it
+        received and would look caught up. Lag is 0 when the replica has
+        replayed the primary's latest sampled position (an idle primary sends
+        nothing), else the smaller of two upper bounds of its staleness: the
+        time since it was last seen caught up, and the age of its last
+        replayed commit.
+        """
+        with self._lock:
+            positions = list(self._primary_positions)
+        if replay is None or not positions:
+            return None
+        for at, position in reversed(positions):
+            if position <= replay:
+                previous = self._caught_up_at[i]
+                if previous is None or at > previous:
+                    self._caught_up_at[i] = at
+                break
+        if receiving is False:
+            return None  # its WAL stream is down: it falls behind at the next write
+        if positions[-1][1] <= replay:
+            return 0.0
+        caught_up_at = self._caught_up_at[i]
+        since = None if caught_up_at is None else now - caught_up_at
+        bounds = [b for b in (replay_age, since) if b is not None]
+        return min(bounds) if bounds else None
 
     def note_replay(self, i: int, replay: str | None) -> None:
         lsn = None if replay is None else parse_lsn(replay)
@@ -204,23 +302,28 @@ class ClusterState:
         """Remember the WAL position of a write done in the current context."""
         if lsn is not None:
             position = parse_lsn(lsn)
-            if position > self.token.get():
-                self.token.set(position)
+            if position > self.token():
+                self._set_token(position)
 
     def write_token(self) -> str | None:
         """The current context's read-your-writes position, or ``None``."""
-        token = self.token.get()
+        token = self.token()
         return format_lsn(token) if token else None
 
     @contextlib.contextmanager
     def read_after(self, token: str | None) -> Iterator[None]:
         """Within the block, reads see at least the writes before ``token``."""
         position = 0 if token is None else parse_lsn(token)
-        reset = self.token.set(max(position, self.token.get()))
+        before = self.token()
+        applied = max(position, before)
+        self._set_token(applied)
         try:
             yield
         finally:
-            self.token.reset(reset)
+            # Only this cluster's position, and only when the block wrote nothing
+            # to it: a write in the block must still be read back after it.
+            if self.token() <= applied:
+                self._set_token(before)
 
     def node_stats(self, replica: int | None, pool_stats: dict[str, int]) -> dict[str, Any]:
         if replica is None:
@@ -239,8 +342,13 @@ class ClusterState:
 class AsyncHealthRunner:
     """Runs a cluster's health loop as an asyncio task of the loop using the cluster."""
 
-    def __init__(self, body: Callable[[AsyncHealthRunner], Coroutine[Any, Any, None]]) -> None:
+    def __init__(
+        self,
+        body: Callable[[AsyncHealthRunner], Coroutine[Any, Any, None]],
+        stop_timeout: float,
+    ) -> None:
         self._body = body
+        self._stop_timeout = stop_timeout
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
 
@@ -258,6 +366,11 @@ class AsyncHealthRunner:
             await asyncio.wait_for(self._stop.wait(), seconds)
         return self._stop.is_set()
 
+    @staticmethod
+    async def each(count: int, probe: Callable[[int], Awaitable[None]]) -> None:
+        """Run ``probe(i)`` for i in ``range(count)`` concurrently."""
+        await asyncio.gather(*(probe(i) for i in range(count)))
+
     async def stop(self) -> None:
         self._stop.set()
         task, self._task = self._task, None
@@ -268,17 +381,17 @@ class AsyncHealthRunner:
         except RuntimeError:
             same_loop = False
         if same_loop:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        else:
-            task.cancel()
+            # Probes are bounded, so the loop ends within a round; never wait longer.
+            await asyncio.wait({task}, timeout=self._stop_timeout)
+        task.cancel()
 
 
 class HealthRunner:
     """Runs a cluster's health loop in a daemon thread (never keeps the process alive)."""
 
-    def __init__(self, body: Callable[[HealthRunner], None]) -> None:
+    def __init__(self, body: Callable[[HealthRunner], None], stop_timeout: float) -> None:
         self._body = body
+        self._stop_timeout = stop_timeout
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -298,11 +411,19 @@ class HealthRunner:
         """Wait ``seconds``; True when the loop must stop."""
         return self._stop.wait(seconds)
 
+    @staticmethod
+    def each(count: int, probe: Callable[[int], None]) -> None:
+        """Run ``probe(i)`` for i in ``range(count)``, one after the other (each is bounded)."""
+        for i in range(count):
+            probe(i)
+
     def stop(self) -> None:
         self._stop.set()
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
-            thread.join()
+            # Probes are bounded, so the loop ends within a round; a daemon thread
+            # still busy after that closes its connections when it wakes up.
+            thread.join(self._stop_timeout)
 
 
 def _check_options(

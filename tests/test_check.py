@@ -54,6 +54,7 @@ def test_output_never_shows_passwords(
     assert len(lines) == 4
     assert "primary, WAL at" in lines[0] and "2 streaming replicas" in lines[0]
     assert all("standby" in line and "lag" in line for line in lines[1:3])
+    assert all("WAL receiver streaming" in line for line in lines[1:3])
     assert "DOWN" in lines[3]
     assert password_of(pg_cluster.primary_url) not in out
 

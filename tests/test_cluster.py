@@ -6,9 +6,15 @@ stop or pause a server of the shared ``pg_cluster`` put it back in ``finally``.
 
 from __future__ import annotations
 
+import contextvars
+import gc
+import os
+import signal
 import threading
 import time
+import tracemalloc
 import uuid
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,6 +27,8 @@ from hypothesis import strategies as st
 import pgfast
 from pgfast import _impl
 from pgfast._cluster_common import (
+    STATUS_SQL,
+    ClusterState,
     Failure,
     classify_failure,
     create_cluster,
@@ -99,6 +107,32 @@ def wait_until(what: str, check: Any, timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def server_pid(url: str, query: str) -> int:
+    """The pid of the process of the server at ``url`` found by ``query`` (one row)."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(query).fetchone()
+    assert row is not None, query
+    return int(row[0])
+
+
+PROBE_BACKEND = (
+    "SELECT pid FROM pg_stat_activity WHERE query = "
+    + psycopg.sql.quote(STATUS_SQL.decode())
+    + " AND pid <> pg_backend_pid()"
+)
+WAL_RECEIVER = "SELECT pid FROM pg_stat_wal_receiver"
+
+
+def dispose_within(cluster: Cluster, seconds: float) -> float:
+    """Dispose ``cluster`` in a thread; fail (instead of hanging) when it takes longer."""
+    started = time.monotonic()
+    thread = threading.Thread(target=cluster.dispose, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"dispose() still running after {seconds} s"
+    return time.monotonic() - started
 
 
 # -- no server needed ----------------------------------------------------------
@@ -502,3 +536,141 @@ def test_read_your_writes_after_transactions(
         finally:
             pg_cluster.resume_replay(0)
             pg_cluster.resume_replay(1)
+
+
+# -- bounded health probes, lag against the primary, no per-cluster leaks ----------------
+
+
+def test_a_stopped_probe_backend_hangs_neither_dispose_nor_the_other_probes(
+    pg_cluster: LocalCluster, rec: Recorder, table: str
+) -> None:
+    db = make_cluster(pg_cluster, rec, health_check_interval=0.2)
+    stopped: int | None = None
+    try:
+        db.query(sql("SELECT 1"))  # starts the health checks
+        wait_until("lag measured", lambda: all(r["lag"] == 0 for r in db.stats()["replicas"]))
+        stopped = server_pid(pg_cluster.replica_urls[0], PROBE_BACKEND)
+        os.kill(stopped, signal.SIGSTOP)
+        wait_until("replica 0 out", lambda: not db.stats()["replicas"][0]["up"], timeout=10)
+        # Replica 1 is still probed: its replay position follows a new write.
+        db.execute(sql.unsafe(f"UPDATE {table} SET note = 'probe' WHERE id = 3"))
+        written = db.primary.query_value(sql("SELECT pg_current_wal_lsn()::text"))
+        wait_until(
+            "replica 1 probed",
+            lambda: parse_lsn(db.stats()["replicas"][1]["replay_lsn"]) >= parse_lsn(written),
+            timeout=10,
+        )
+        assert db.stats()["replicas"][1]["up"]
+        assert dispose_within(db, 5) < 5
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        db.dispose()
+
+
+def test_lag_is_measured_against_the_primary() -> None:
+    rec = Recorder(2)
+    with LocalCluster(replicas=1) as own:
+        urls = [own.primary_url, *own.replica_urls]
+        pools = [
+            create_pool(u, on_query_start=rec.start_hook(n), connect_timeout=2)
+            for n, u in enumerate(urls)
+        ]
+        with create_cluster(
+            pools[0], pools[1:], max_replica_lag=0.5, health_check_interval=0.1
+        ) as db:
+            with psycopg.connect(own.primary_url, autocommit=True) as conn:
+                conn.execute("CREATE TABLE lagged (id int PRIMARY KEY)")
+            own.wait_for_replicas()
+            db.query(sql("SELECT 1"))
+            wait_until("lag measured", lambda: db.stats()["replicas"][0]["lag"] == 0)
+            # An idle primary: a replica that replayed everything is not behind.
+            time.sleep(1.0)
+            assert db.stats()["replicas"][0]["lag"] == 0
+            assert db.query_value(sql("/* idle */ SELECT count(*) FROM lagged")) == 0
+            assert rec.counts("/* idle */") == [0, 1]
+
+            # A stalled WAL receiver: the replica has replayed all it received.
+            receiver = server_pid(own.replica_urls[0], WAL_RECEIVER)
+            os.kill(receiver, signal.SIGSTOP)
+            try:
+                db.execute(sql("INSERT INTO lagged VALUES (1)"))
+                wait_until("lag > 0.5", lambda: (db.stats()["replicas"][0]["lag"] or 0) > 0.5)
+                for _ in range(5):
+                    q = sql("/* stalled */ SELECT count(*) FROM lagged")
+                    assert db.query_value(q) == 1  # never the replica's stale 0
+                assert rec.counts("/* stalled */") == [5, 0]
+            finally:
+                os.kill(receiver, signal.SIGCONT)
+            wait_until("caught up", lambda: db.stats()["replicas"][0]["lag"] == 0)
+
+            # Paused replay.
+            own.pause_replay(0)
+            try:
+                db.execute(sql("INSERT INTO lagged VALUES (2)"))
+                wait_until("lag > 0.5", lambda: (db.stats()["replicas"][0]["lag"] or 0) > 0.5)
+                assert db.query_value(sql("/* paused */ SELECT count(*) FROM lagged")) == 2
+                assert rec.counts("/* paused */") == [1, 0]
+            finally:
+                own.resume_replay(0)
+            wait_until("caught up", lambda: db.stats()["replicas"][0]["lag"] == 0)
+            assert db.query_value(sql("/* resumed */ SELECT count(*) FROM lagged")) == 2
+            assert rec.counts("/* resumed */") == [0, 1]
+
+
+def status(replay: str, age: float | None = None, receiver: str | None = "streaming") -> list[Any]:
+    return ["true", replay, None if age is None else str(age), receiver]
+
+
+@nodb
+def test_lag_rules() -> None:
+    state = ClusterState(1, "round_robin", 1.0, False, True)
+    state.record_status(0, status("0/100"), 10.0)
+    assert state.lag == [None]  # the primary's position is not known yet
+    state.record_primary("0/100", 10.0)
+    state.record_status(0, status("0/100", age=3600.0), 10.5)
+    assert state.lag == [0.0]  # caught up: an old last commit means an idle primary
+    assert state.eligible(0) == 1
+    state.record_primary("0/200", 11.0)
+    state.record_status(0, status("0/100", age=3600.0), 12.5)
+    assert state.lag == [2.5]  # last seen caught up at 10.0
+    assert state.eligible(0) == 0
+    state.record_status(0, status("0/180", age=0.25), 12.6)
+    assert state.lag == [0.25]  # its last replayed commit is a tighter bound
+    state.record_status(0, status("0/200", receiver=None), 12.7)
+    assert state.lag == [None]  # no WAL receiver: it cannot keep up
+    state.record_status(0, status("0/200", receiver="unknown"), 12.8)
+    assert state.lag == [0.0]  # receiver hidden from this role: the positions decide
+    state.record_status(0, ["false", "0/10", None, None], 13.0)
+    assert state.lag == [0.0]  # promoted
+    assert state.eligible(0) == 1
+
+
+@nodb
+def test_many_clusters_leave_nothing_behind() -> None:
+    def churn(count: int) -> list[weakref.ref[ClusterState]]:
+        refs = []
+        for _ in range(count):
+            cluster = create_cluster(create_pool(FAKE_URL), [create_pool(FAKE_URL)])
+            cluster._state.wrote("1/0")  # what a write with read_your_writes records
+            with cluster.read_after("2/0"):
+                assert cluster.write_token() == "2/0"
+            assert cluster.write_token() == "1/0"
+            refs.append(weakref.ref(cluster._state))
+            cluster.dispose()
+        return refs
+
+    churn(10)
+    gc.collect()
+    variables = len(contextvars.copy_context())
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        refs = churn(1000)
+        gc.collect()
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert len(contextvars.copy_context()) <= variables + 1
+    assert all(ref() is None for ref in refs)
+    assert grown < 200_000, grown

@@ -7,17 +7,19 @@ test_cluster.py. Named ``_aio`` so tools/async_to_sync.py does not derive a sync
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import psycopg
 import pytest
-from test_cluster import Recorder, table  # noqa: F401  (a fixture)
+from test_cluster import PROBE_BACKEND, Recorder, server_pid, table  # noqa: F401  (a fixture)
 
 import pgfast
 from pgfast._cluster_async import AsyncCluster
-from pgfast._cluster_common import create_cluster
+from pgfast._cluster_common import create_cluster, parse_lsn
 from pgfast._pool import create_async_pool
 from pgfast._sql import sql
 from pgfast.testing import LocalCluster
@@ -174,3 +176,33 @@ async def test_read_your_writes_per_task(
         finally:
             await asyncio.to_thread(pg_cluster.resume_replay, 0)
             await asyncio.to_thread(pg_cluster.resume_replay, 1)
+
+
+async def test_a_stopped_probe_backend_hangs_neither_dispose_nor_the_other_probes(
+    pg_cluster: LocalCluster,
+    rec: Recorder,
+    table: str,  # noqa: F811
+) -> None:
+    db = make_cluster(pg_cluster, rec, health_check_interval=0.2)
+    stopped: int | None = None
+    try:
+        await db.query(sql("SELECT 1"))  # starts the health checks
+        await wait_until("lag measured", lambda: all(r["lag"] == 0 for r in db.stats()["replicas"]))
+        stopped = await asyncio.to_thread(server_pid, pg_cluster.replica_urls[0], PROBE_BACKEND)
+        os.kill(stopped, signal.SIGSTOP)
+        await wait_until("replica 0 out", lambda: not db.stats()["replicas"][0]["up"], timeout=10)
+        # Replica 1 is probed on its own schedule: its replay position follows a write.
+        await db.execute(sql.unsafe(f"UPDATE {table} SET note = 'probe' WHERE id = 3"))
+        written = await db.primary.query_value(sql("SELECT pg_current_wal_lsn()::text"))
+        await wait_until(
+            "replica 1 probed",
+            lambda: parse_lsn(db.stats()["replicas"][1]["replay_lsn"]) >= parse_lsn(written),
+            timeout=10,
+        )
+        started = time.monotonic()
+        await asyncio.wait_for(db.dispose(), 5)
+        assert time.monotonic() - started < 5
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        await db.dispose()
