@@ -525,7 +525,7 @@ class AsyncCluster:
                 conn = probes[slot] = await psycopg.AsyncConnection.connect(
                     config.conninfo,
                     **{
-                        **config.password_kwargs(),
+                        **await pool._connect_kwargs(),
                         "connect_timeout": math.ceil(self._probe_timeout),
                     },
                 )

@@ -517,7 +517,7 @@ class Cluster:
                 conn = probes[slot] = psycopg.Connection.connect(
                     config.conninfo,
                     **{
-                        **config.password_kwargs(),
+                        **pool._connect_kwargs(),
                         "connect_timeout": math.ceil(self._probe_timeout),
                     },
                 )

@@ -9,10 +9,13 @@ secrets (passwords) that must never appear in a repr, a message or a log line.
 
 from __future__ import annotations
 
+import inspect
 import math
 import os
 import re
-from collections.abc import Callable, Iterable, Mapping
+import threading
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,7 +45,10 @@ _NO_CONNECTION_STRING = (
 )
 
 Hook = Callable[..., Any] | None
-PasswordSource = str | Callable[[], str] | None
+PasswordSource = str | Callable[[], str] | Callable[[], Awaitable[str]] | None
+# Passwords a callable returned recently, still redacted from messages: a
+# connection opened with an older token may fail (and be reported) later.
+PASSWORD_HISTORY = 64
 
 _HOOKS = (
     "on_connection_opened",
@@ -72,7 +78,7 @@ class PoolOptions:
     lock_timeout: float | None = None
     idle_in_transaction_session_timeout: float | None = None
     row_type: str = "dict"
-    password: PasswordSource = None
+    password: PasswordSource = field(default=None, repr=False)
     on_connection_opened: Hook = None
     on_connection_closed: Hook = None
     on_query_start: Hook = None
@@ -84,37 +90,49 @@ class PoolOptions:
 OPTION_NAMES = frozenset(PoolOptions.__dataclass_fields__)
 
 
-@dataclass
+@dataclass(repr=False)
 class PoolConfig:
-    """Everything a pool needs to open connections."""
+    """Everything a pool needs to open connections.
+
+    ``secrets`` (the passwords to redact) is an immutable snapshot, replaced
+    atomically when a password callable returns a new value, so it can be
+    read from any thread without a lock.
+    """
 
     conninfo: str
     connect_kwargs: dict[str, Any]
     options: PoolOptions
     display: str
-    secrets: set[str] = field(default_factory=set)
+    secrets: frozenset[str] = frozenset()
+    _static: frozenset[str] = field(init=False)
+    _recent: deque[str] = field(init=False)
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
 
-    def password_kwargs(self) -> dict[str, Any]:
-        """Connection kwargs for one new connection, calling a password callable."""
-        password = self.options.password
-        if not callable(password):
-            return self.connect_kwargs
-        value = password()
+    def __post_init__(self) -> None:
+        self.secrets = self._static = frozenset(self.secrets)
+        self._recent = deque(maxlen=PASSWORD_HISTORY)
+
+    def __repr__(self) -> str:
+        return f"<pgfast.PoolConfig {self.display!r} {self.options!r}>"
+
+    def kwargs_with_password(self, value: object) -> dict[str, Any]:
+        """Connection kwargs with ``value``, what the password callable returned."""
+        if inspect.isawaitable(value):
+            if inspect.iscoroutine(value):
+                value.close()  # never awaited: no RuntimeWarning
+            raise ConfigurationError(
+                "the password callable returned an awaitable: an async password "
+                "callable works only with create_async_pool"
+            )
         if not isinstance(value, str):
             raise ConfigurationError(
                 f"the password callable must return a str, not {type(value).__name__}"
             )
-        if value:
-            # Rotating tokens: remember only the recent ones.
-            if len(self.secrets) > 16:
-                self.secrets.clear()
-                self.secrets.update(self._static_secrets())
-            self.secrets.add(value)
+        if value and value not in self.secrets:
+            with self._lock:
+                self._recent.append(value)
+                self.secrets = self._static.union(self._recent)
         return {**self.connect_kwargs, "password": value}
-
-    def _static_secrets(self) -> Iterable[str]:
-        static = self.connect_kwargs.get("password") or conninfo_password(self.conninfo)
-        return [static] if static else []
 
     def redact(self, text: str) -> str:
         """``text`` with every known password replaced."""
@@ -132,14 +150,6 @@ def redact_secrets(text: str, secrets: Iterable[str]) -> str:
             if quoted != secret:
                 text = text.replace(quoted, REDACTED)
     return text
-
-
-def conninfo_password(conninfo: str) -> str | None:
-    try:
-        password = conninfo_to_dict(conninfo).get("password")
-    except psycopg.Error:
-        return None
-    return None if password is None else str(password)
 
 
 def check_seconds(name: str, value: Any, *, allow_none: bool) -> None:
@@ -226,9 +236,69 @@ def session_settings(opts: PoolOptions) -> dict[str, str]:
     return settings
 
 
+def _is_secret_key(key: str) -> bool:
+    # password, sslpassword (the sslkey passphrase) and whatever libpq adds later.
+    return "password" in key or "passphrase" in key
+
+
 def _describe(params: Mapping[str, Any]) -> str:
-    shown = {k: v for k, v in params.items() if k != "password" and v not in (None, "")}
+    shown = {k: v for k, v in params.items() if not _is_secret_key(k) and v not in (None, "")}
     return make_conninfo("", **shown)
+
+
+# Connection options whose values libpq checks only when connecting: a bad one
+# would fail every attempt of the pool's background worker, forever.
+_INTEGER_OPTIONS = (
+    "connect_timeout", "keepalives", "keepalives_idle", "keepalives_interval",
+    "keepalives_count", "tcp_user_timeout",
+)  # fmt: skip
+_CHOICE_OPTIONS = {
+    "sslmode": ("disable", "allow", "prefer", "require", "verify-ca", "verify-full"),
+    "gssencmode": ("disable", "prefer", "require"),
+    "channel_binding": ("disable", "prefer", "require"),
+    "target_session_attrs": (
+        "any", "read-write", "read-only", "primary", "standby", "prefer-standby",
+    ),
+    "load_balance_hosts": ("disable", "random"),
+}  # fmt: skip
+_OPTION_ENV_VARS = {
+    "port": "PGPORT",
+    "sslmode": "PGSSLMODE",
+    "gssencmode": "PGGSSENCMODE",
+    "channel_binding": "PGCHANNELBINDING",
+    "target_session_attrs": "PGTARGETSESSIONATTRS",
+    "load_balance_hosts": "PGLOADBALANCEHOSTS",
+}
+
+
+def _option_problem(key: str, value: str) -> str | None:
+    """Why libpq would refuse ``key=value``, or ``None``."""
+    if key == "port":
+        for port in value.split(","):
+            port = port.strip()
+            if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+                return "must be a port number from 1 to 65535 (or a comma-separated list of them)"
+    elif key in _INTEGER_OPTIONS:
+        if not re.fullmatch(r"\s*[+-]?\d+\s*", value):
+            return "must be an integer"
+    elif key in _CHOICE_OPTIONS and value not in _CHOICE_OPTIONS[key]:
+        return "must be one of " + ", ".join(_CHOICE_OPTIONS[key])
+    return None
+
+
+def check_connection_options(params: Mapping[str, Any]) -> None:
+    """Refuse option values libpq would refuse at every connection attempt."""
+    for key in ("port", *_INTEGER_OPTIONS, *_CHOICE_OPTIONS):
+        value = params.get(key)
+        source = f"connection option {key}"
+        if value is None and key in _OPTION_ENV_VARS:
+            value = os.environ.get(_OPTION_ENV_VARS[key]) or None
+            source = f"environment variable {_OPTION_ENV_VARS[key]}"
+        if value is None:
+            continue
+        problem = _option_problem(key, str(value))
+        if problem is not None:
+            raise ConfigurationError(f"invalid {source}={str(value)!r}: it {problem}")
 
 
 def resolve_config(
@@ -259,8 +329,7 @@ def resolve_config(
         raise ConfigurationError(
             redact_secrets(f"invalid connection string: {exc}", secrets)
         ) from None
-    if params.get("password"):
-        secrets.add(str(params["password"]))
+    secrets.update(str(v) for k, v in params.items() if _is_secret_key(k) and v)
 
     kwargs: dict[str, Any] = {"autocommit": True}
     if isinstance(opts.password, str):
@@ -273,13 +342,17 @@ def resolve_config(
         extra = " ".join(f"-c {k}={_escape_option_value(v)}" for k, v in settings.items())
         existing = params.get("options")
         kwargs["options"] = f"{existing} {extra}" if existing else extra
+    try:
+        check_connection_options(conninfo_to_dict(connection_string, **kwargs))
+    except ConfigurationError as exc:
+        raise ConfigurationError(redact_secrets(str(exc), secrets)) from None
 
     return PoolConfig(
         conninfo=connection_string,
         connect_kwargs=kwargs,
         options=opts,
         display=_describe(params),
-        secrets=secrets,
+        secrets=frozenset(secrets),
     )
 
 

@@ -6,14 +6,19 @@ A server error raised through pgfast keeps its psycopg class, ``sqlstate`` and
 - the primary message, then the DETAIL and HINT lines, as libpq prints them;
 - when the server reports a position in the query, a code frame that shows the
   offending line with a ``>`` marker and ``^`` under the token;
-- parameter values never appear. The redaction rule: every parameter whose
-  text form is at least ``MIN_REDACTED_LEN`` (3) characters is replaced by
-  ``[redacted]`` wherever it occurs in the message; shorter values (``1``,
-  ``t``, ``ab``) are too common in ordinary text to be recognised reliably, so
-  the places where PostgreSQL echoes values are also redacted whatever their
-  length: ``invalid input ...: "<value>"``, ``Key (cols)=(<values>)`` and
-  ``Failing row contains (<values>)``. ``diag`` still holds the server's
-  original fields for code that needs them.
+- parameter values never appear. Three rules, applied in this order:
+  every double-quoted segment of the message that is a substring of some
+  parameter's text form, whatever its length, is replaced by ``[redacted]``
+  (PostgreSQL quotes the values it echoes: ``invalid input syntax for type
+  integer: "ab"``, ``Token "xyz" is invalid``, ``invalid value "ab" for
+  "YYYY"``), while quoted names that no parameter contains (constraints,
+  columns, ``"YYYY"``) stay readable; every parameter text form of at least
+  ``MIN_REDACTED_LEN`` (3) characters is replaced wherever it occurs (shorter
+  ones, ``1`` or ``t``, are too common in ordinary text to be recognised
+  reliably); and the places where PostgreSQL echoes values are redacted
+  whatever the parameters: ``invalid input ...: "<value>"``,
+  ``Key (cols)=(<values>)`` and ``Failing row contains (<values>)``. ``diag``
+  still holds the server's original fields for code that needs them.
 - known passwords are replaced as well (``secrets``).
 """
 
@@ -22,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -37,13 +42,17 @@ REDACTED_VALUE = "[redacted]"
 CONTEXT_LINES = 2
 
 _ECHO_PATTERNS = (
-    # invalid input syntax for type integer: "abc" / invalid input value for enum
-    re.compile(r'(invalid input (?:syntax|value)[^:\n]*: )"(?:[^"]|"")*"'),
-    # DETAIL:  Key (id)=(42) already exists. / is not present in table
-    re.compile(r"(Key \([^)]*\)=)\((?:.|\n)*?\)(?= (?:already exists|is not present|conflicts))"),
-    re.compile(r"(Failing row contains )\((?:.|\n)*\)(?=\.)"),
+    # invalid input syntax for type integer: "abc" / invalid input value for enum;
+    # a value may hold quotes itself: up to the line's last quote.
+    re.compile(r'(invalid input (?:syntax|value)[^:\n]*: )".*"'),
+    re.compile(r'((?:malformed [\w ]+ literal|field value out of range): )".*"'),
+    # DETAIL:  Key (id)=(42) already exists. / is not present in table /
+    # conflicts with existing key (id)=(7).
+    re.compile(r"(Key \(.*?\)=)\(.*\)(?= (?:already exists|is not present|conflicts))", re.S),
+    re.compile(r"(existing key \(.*?\)=)\(.*\)(?=\.)", re.S),
+    re.compile(r"(Failing row contains )\(.*\)(?=\.)", re.S),
     # value "99999999999" is out of range for type integer
-    re.compile(r'(value )"(?:[^"]|"")*"(?= is out of range)'),
+    re.compile(r'(value )".*"(?= is out of range)'),
 )
 
 
@@ -66,14 +75,49 @@ def _text_forms(value: Any) -> list[str]:
     return [str(value)]
 
 
-def redact_params(message: str, params: Sequence[Any] | None) -> str:
-    """``message`` without the parameter values it echoes (see the module doc)."""
+def _redact_quoted(message: str, forms: set[str]) -> str:
+    """Replace each ``"..."`` segment of ``message`` that some form contains.
+
+    A value may itself hold double quotes, so from each opening quote the
+    longest segment that matches wins; a segment matching no form is kept.
+    """
+    quotes = [i for i, c in enumerate(message) if c == '"']
+    out: list[str] = []
+    done = 0
+    a = 0
+    while a < len(quotes) - 1:
+        start = quotes[a]
+        for b in range(len(quotes) - 1, a, -1):
+            inner = message[start + 1 : quotes[b]]
+            if inner and any(inner in form for form in forms):
+                out.append(message[done:start] + REDACTED_VALUE)
+                done = quotes[b] + 1
+                a = b + 1
+                break
+        else:
+            a += 1
+    return "".join(out) + message[done:]
+
+
+_QUOTED = re.compile(r'"(?:[^"]|"")*"')
+
+
+def redact_params(message: str, params: Sequence[Any] | None, every_quoted: bool = False) -> str:
+    """``message`` without the parameter values it echoes (see the module doc).
+
+    ``every_quoted``: the values are not known (see ``Sent``), so every
+    double-quoted segment goes.
+    """
+    if every_quoted:
+        message = _QUOTED.sub(REDACTED_VALUE, message)
+    if params:
+        forms = {f for p in params for f in _text_forms(p) if f}
+        message = _redact_quoted(message, forms)
+        long_forms = (f for f in forms if len(f) >= MIN_REDACTED_LEN)
+        for form in sorted(long_forms, key=len, reverse=True):
+            message = message.replace(form, REDACTED_VALUE)
     for pattern in _ECHO_PATTERNS:
         message = pattern.sub(lambda m: m.group(1) + REDACTED_VALUE, message)
-    if params:
-        forms = {f for p in params for f in _text_forms(p) if len(f) >= MIN_REDACTED_LEN}
-        for form in sorted(forms, key=len, reverse=True):
-            message = message.replace(form, REDACTED_VALUE)
     return message
 
 
@@ -117,7 +161,11 @@ def code_frame(text: str, position: int, primary: str = "") -> str:
 
 
 def error_message(
-    exc: psycopg.Error, text: str | None, params: Sequence[Any] | None, secrets: Iterable[str]
+    exc: psycopg.Error,
+    text: str | None,
+    params: Sequence[Any] | None,
+    secrets: Iterable[str],
+    every_quoted: bool = False,
 ) -> str:
     """The message pgfast gives ``exc``, raised by running ``text`` with ``params``."""
     diag = exc.diag
@@ -130,7 +178,7 @@ def error_message(
             message += "\nDETAIL:  " + diag.message_detail
         if diag.message_hint:
             message += "\nHINT:  " + diag.message_hint
-    message = redact_secrets(redact_params(message, params), secrets)
+    message = redact_secrets(redact_params(message, params, every_quoted), secrets)
     position = diag.statement_position if primary is not None else None
     if position and text and position.isdigit() and int(position) > 0:
         # The frame shows only the query text, which never holds values.
@@ -139,10 +187,45 @@ def error_message(
 
 
 def rewrite_error(
-    exc: psycopg.Error, text: str | None, params: Sequence[Any] | None, secrets: Iterable[str]
+    exc: psycopg.Error,
+    text: str | None,
+    params: Sequence[Any] | None,
+    secrets: Iterable[str],
+    every_quoted: bool = False,
 ) -> None:
     """Replace the message of ``exc`` in place (its class, sqlstate and diag stay)."""
     if getattr(exc, "_pgfast_rewritten", False):
         return
-    exc.args = (error_message(exc, text, params, secrets),)
+    exc.args = (error_message(exc, text, params, secrets, every_quoted),)
     exc._pgfast_rewritten = True  # type: ignore[attr-defined]
+
+
+class Sent:
+    """The parameters sent so far in one transaction, to redact them from its errors.
+
+    A later statement or the COMMIT may echo values sent earlier (a deferred
+    constraint's DETAIL). They are kept up to ``BUDGET`` (characters or
+    elements, roughly), so that a bulk load does not hold every batch until it
+    commits; past that, the transaction's errors lose every quoted segment.
+    """
+
+    BUDGET = 1 << 20
+    __slots__ = ("_params", "_size")
+
+    def __init__(self) -> None:
+        self._params: list[Any] | None = []
+        self._size = 0
+
+    def add(self, params: Sequence[Any]) -> None:
+        if self._params is None:
+            return
+        self._size += sum(len(p) if isinstance(p, Sized) else 1 for p in params)
+        if self._size > self.BUDGET:
+            self._params = None
+        else:
+            self._params.extend(params)
+
+    @property
+    def params(self) -> list[Any] | None:
+        """The parameters sent, or None when there were too many to keep."""
+        return self._params

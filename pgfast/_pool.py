@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 from ._config import resolve_config
@@ -14,6 +15,11 @@ def create_pool(connection_string: str | None = None, /, **options: Any) -> Conn
 
     Options are listed in API.md §2; an unknown one is a ``TypeError``.
     """
+    if inspect.iscoroutinefunction(options.get("password")):
+        raise TypeError(
+            "password is an async function: a sync pool cannot await it; pass a plain "
+            "function, or use create_async_pool"
+        )
     return ConnectionPool(resolve_config(connection_string, options, "create_pool"))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import select
 from collections.abc import Callable
 from typing import Any, NoReturn, TypeAlias
 
@@ -27,13 +28,27 @@ Row: TypeAlias = Any
 ADAPTERS = AdaptersMap(psycopg.adapters)
 ADAPTERS.register_dumper(dict, JsonbDumper)
 
-# Connections idle longer than this are checked with an empty query before use.
+# Connections idle longer than this are checked with an empty query before use;
+# younger ones only when input is waiting on their socket (see input_waiting).
 LIVENESS_CHECK_AFTER = 1.0
-# Sessions the server ended: the statement did not commit, so running it again is safe.
-SERVER_ENDED_SESSION = frozenset({"57P01", "57P02", "57P03"})
 RETRYABLE_TX = frozenset({"40001", "40P01"})
 # The longest period between two sweeps of idle connections.
 MAX_SWEEP_PERIOD = 5.0
+
+
+def input_waiting(fd: int) -> Callable[[], bool]:
+    """A function saying, without blocking, whether ``fd`` has input (or EOF) waiting.
+
+    An idle connection receives nothing unless the server ended the session
+    (FATAL 57P01 on a restart or pg_terminate_backend, then EOF) or sent a
+    notification: either way it gets a liveness check before a statement is
+    sent, so no statement is ever sent on a connection known to be dead.
+    """
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return lambda: bool(poller.poll(0))
+    return lambda: bool(select.select([fd], [], [], 0)[0])  # Windows: no poll()
 
 
 def sweep_period(idle_timeout: float | None) -> float:

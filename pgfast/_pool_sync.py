@@ -21,6 +21,7 @@ Internal protocol for teammates (bulk loading, clusters): every queryable
 from __future__ import annotations
 
 import copy
+import inspect
 import threading
 import time
 import weakref
@@ -37,16 +38,14 @@ from psycopg import RawCursor, RawServerCursor
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import tuple_row
 
-from . import _impl
 from ._bulk_sync import BulkMixin
 from ._config import PoolConfig
 from ._exceptions import Error, PoolClosedError, PoolTimeoutError
-from ._frame import rewrite_error
+from ._frame import Sent, rewrite_error
 from ._pool_common import (
     ADAPTERS,
     LIVENESS_CHECK_AFTER,
     RETRYABLE_TX,
-    SERVER_ENDED_SESSION,
     IsolationLevel,
     Row,
     SQLQuery,
@@ -56,14 +55,17 @@ from ._pool_common import (
     check_queries,
     check_savepoint_options,
     ended,
+    input_waiting,
     logger,
     not_a_query,
     retry_attempts,
     safe_call,
     sweep_period,
 )
+from ._sql import sql
 
 T = TypeVar("T")
+ASYNC = False
 E = TypeVar("E", bound=BaseException)
 IDLE = TransactionStatus.IDLE
 TUPLES_OK = ExecStatus.TUPLES_OK
@@ -85,6 +87,7 @@ class _PgConnection(psycopg.Connection[Any]):
     _pgfast_uses: int = 0
     _pgfast_encoding: str = "utf-8"
     _pgfast_on_close: Callable[[], Any] | None = None
+    _pgfast_input_waiting: Callable[[], bool]
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> _PgConnection:
@@ -163,26 +166,45 @@ def _call(fn: Callable[..., Any], *args: Any) -> Any:
     return result
 
 
+def _settle(result: T, method: str) -> T:
+    """The result of the function given to ``tx`` / ``task``, checked for its flavour.
+
+    An async pool awaits it; a sync pool refuses an ``async def``, whose
+    coroutine would otherwise never run (and the transaction commit nothing).
+    """
+    if inspect.isawaitable(result) != ASYNC:
+        if inspect.iscoroutine(result):
+            result.close()  # never awaited: no RuntimeWarning
+        if ASYNC:
+            raise TypeError(f"{method}() on an async pool takes an async function (async def)")
+        raise TypeError(
+            f"{method}() on a sync pool takes a plain function, not an async def "
+            "(its coroutine would never run): use create_async_pool for async code"
+        )
+    return result
+
+
 class _Queryable(BulkMixin):
     """The querying methods shared by pools, connections and transactions.
 
     Bulk loading (``bulk_insert``, ``copy_in``, ...) comes from the bulk mixin.
 
     A subclass provides ``_acquire`` / ``_release`` (the psycopg connection to
-    run on) and ``_pool_ref``; a pool also retries a statement that failed
-    because the server had ended an idle session.
+    run on) and ``_pool_ref``. No statement is run twice: a pool replaces a
+    dead connection before sending anything on it, and a failure after the
+    send reaches the caller.
     """
 
     _pool_ref: ConnectionPool
+    # In a transaction: the parameters of every statement sent in it, to
+    # redact them from errors of its COMMIT (deferred constraints echo them).
+    _sent: Sent | None = None
 
     def _acquire(self) -> _PgConnection:
         raise NotImplementedError
 
     def _release(self, conn: _PgConnection) -> None:
         raise NotImplementedError
-
-    def _may_retry(self, conn: _PgConnection, exc: psycopg.Error, text: str) -> bool:
-        return False
 
     @contextmanager
     def _raw_connection(self) -> Iterator[psycopg.Connection[Any]]:
@@ -194,18 +216,17 @@ class _Queryable(BulkMixin):
             self._release(conn)
 
     def _run(self, q: SQLQuery, fetch: bool, dicts: bool | None = None) -> Any:
+        # Never retried once sent: a statement whose connection died may have
+        # run, even committed. A pool hands out no connection known to be
+        # dead (see AsyncConnectionPool._acquire), so no retry is needed.
         text, params = q.format()
-        pool = self._pool_ref
-        while True:
-            conn = self._acquire()
-            try:
-                return pool._execute(conn, q, text, params, fetch, dicts)
-            except psycopg.Error as exc:
-                if not self._may_retry(conn, exc, text):
-                    raise
-                logger.info("pgfast: retrying a statement on a fresh connection: %s", exc)
-            finally:
-                self._release(conn)
+        if self._sent is not None:
+            self._sent.add(params)
+        conn = self._acquire()
+        try:
+            return self._pool_ref._execute(conn, q, text, params, fetch, dicts, self._sent)
+        finally:
+            self._release(conn)
 
     def query(self, q: SQLQuery | list[SQLQuery]) -> Any:
         """Run ``q`` and return its rows; a list of queries runs in one transaction."""
@@ -220,6 +241,9 @@ class _Queryable(BulkMixin):
             return []
         pool = self._pool_ref
         formatted = [q.format() for q in queries]
+        if self._sent is not None:
+            for _, params in formatted:
+                self._sent.add(params)
         conn = self._acquire()
         try:
             return pool._execute_many(conn, queries, formatted)
@@ -260,12 +284,16 @@ class _Queryable(BulkMixin):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, not {batch_size!r}")
         text, params = q.format()
+        if self._sent is not None:
+            self._sent.add(params)
         pool = self._pool_ref
         conn = self._acquire()
         try:
             own_tx = conn.pgconn.transaction_status == IDLE
+            sent = Sent()
+            sent.add(params)
             if own_tx:
-                conn.execute("BEGIN")
+                pool._control(conn, "BEGIN")
             try:
                 cur = RawServerCursor(
                     conn, f"pgfast_stream_{next(_cursor_numbers)}", row_factory=tuple_row
@@ -282,10 +310,10 @@ class _Queryable(BulkMixin):
                     cur.close()
             except BaseException:
                 if own_tx and not conn.closed:
-                    conn.execute("ROLLBACK")
+                    pool._control(conn, "ROLLBACK", sent)
                 raise
             if own_tx:
-                conn.execute("COMMIT")
+                pool._control(conn, "COMMIT", sent)
         finally:
             self._release(conn)
 
@@ -318,10 +346,7 @@ class ConnectionPool(_Queryable):
         self._column_types_cache: dict[Any, Any] = {}
         kwargs: Any = dict(config.connect_kwargs, context=ADAPTERS)
         if callable(opts.password):
-            base = kwargs
-
-            def kwargs() -> dict[str, Any]:
-                return dict(config.password_kwargs(), context=base["context"])
+            kwargs = self._connect_kwargs
 
         # The last failed connection attempt, while no attempt has succeeded since.
         self._connect_error: Exception | None = None
@@ -345,6 +370,16 @@ class ConnectionPool(_Queryable):
         )
         self._pool._pgfast_owner = weakref.ref(self)
         self._pool._pgfast_idle_timeout = idle_timeout
+
+    def _connect_kwargs(self) -> dict[str, Any]:
+        """psycopg's connect() kwargs for one new connection (a password callable
+        is called, and awaited when async, each time)."""
+        config = self._config
+        password = config.options.password
+        if not callable(password):
+            return dict(config.connect_kwargs, context=ADAPTERS)
+        value = _call(password)
+        return dict(config.kwargs_with_password(value), context=ADAPTERS)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"size={self._config.options.pool_size}"
@@ -381,15 +416,19 @@ class ConnectionPool(_Queryable):
         self._connect_error = None
         conn._pgfast_idle_since = monotonic()
         conn._pgfast_encoding = conn.info.encoding
+        conn._pgfast_input_waiting = input_waiting(conn.pgconn.socket)
         opts = self._config.options
         conn._pgfast_on_close = opts.on_connection_closed
         if opts.on_connection_opened is not None:
             safe_call(opts.on_connection_opened, "on_connection_opened")
 
     def _check(self, conn: _PgConnection) -> None:
-        # Only connections idle for a while pay a round trip: they are the
-        # ones a server restart or an idle timeout may have killed.
-        if monotonic() - conn._pgfast_idle_since < LIVENESS_CHECK_AFTER:
+        # Only connections idle for a while, or with input waiting (the
+        # server ended the session, or a notification), pay a round trip.
+        if (
+            monotonic() - conn._pgfast_idle_since < LIVENESS_CHECK_AFTER
+            and not conn._pgfast_input_waiting()
+        ):
             return
         try:
             psycopg_pool.ConnectionPool.check_connection(conn)
@@ -410,6 +449,12 @@ class ConnectionPool(_Queryable):
             safe_call(self._on_error, "on_error", exc)
 
     def _acquire(self) -> _PgConnection:
+        """A live connection: none that is known to be dead is handed out.
+
+        A hot connection is used as is only when it was idle briefly and no
+        input waits on its socket; otherwise it goes back to psycopg_pool,
+        whose check (``_check``) replaces it if the server ended its session.
+        """
         if self._closed:
             raise PoolClosedError(f"the pool {self._config.display!r} was disposed")
         hot = self._hot
@@ -420,17 +465,20 @@ class ConnectionPool(_Queryable):
             else:
                 self._in_use += 1
         if conn is not None:
-            if monotonic() - conn._pgfast_idle_since < LIVENESS_CHECK_AFTER:
+            if (
+                monotonic() - conn._pgfast_idle_since < LIVENESS_CHECK_AFTER
+                and not conn._pgfast_input_waiting()
+            ):
                 conn._pgfast_uses += 1
                 return conn
-            # The newest hot connection is stale, so are the others: psycopg_pool
-            # checks them before handing them out.
             with self._lock:
                 self._in_use -= 1
                 self._waiting += 1
-            self._pool.putconn(conn)
-            self._cool_all()
         try:
+            if conn is not None:
+                # Stale or dead: so are the other hot ones, likely.
+                self._pool.putconn(conn)
+                self._cool_all()
             if not self._opened:
                 self._open()
             conn = self._getconn()
@@ -526,22 +574,38 @@ class ConnectionPool(_Queryable):
         for conn in conns:
             self._pool.putconn(conn)
 
-    def _may_retry(self, conn: _PgConnection, exc: psycopg.Error, text: str) -> bool:
-        if not conn.broken:
-            return False
-        if exc.sqlstate in SERVER_ENDED_SESSION:
-            # The server ended the session: the statement was not committed.
-            return True
-        # The connection died with no word from the server: the statement's
-        # fate is unknown, so only a read is run again.
-        return exc.sqlstate is None and bool(_impl.classify.is_read_only(text))
-
     # -- running statements --------------------------------------------------
 
-    def _failed(self, exc: psycopg.Error, q: Any, text: str, params: list[Any]) -> None:
-        rewrite_error(exc, text, params, self._config.secrets)
+    def _failed(
+        self,
+        exc: psycopg.Error,
+        q: Any,
+        text: str,
+        params: list[Any],
+        sent: Sent | None = None,
+    ) -> None:
+        """Redact ``exc`` of ``params`` (of everything ``sent`` in its transaction,
+        when given) and tell the error hook."""
+        if sent is None:
+            rewrite_error(exc, text, params, self._config.secrets)
+        else:
+            known = sent.params
+            redacted = params if known is None else known
+            rewrite_error(exc, text, redacted, self._config.secrets, known is None)
         if self._on_query_error is not None:
             safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
+
+    def _control(self, conn: _PgConnection, statement: str, sent: Sent | None = None) -> None:
+        """Run BEGIN, COMMIT, SAVEPOINT, ...: its error is redacted of ``sent``.
+
+        ``sent`` holds the parameters of the statements sent before it in the
+        transaction, which a COMMIT may echo (a deferred constraint's DETAIL).
+        """
+        try:
+            conn.execute(statement)
+        except psycopg.Error as exc:
+            self._failed(exc, sql.unsafe(statement), statement, [], sent)
+            raise
 
     def _execute(
         self,
@@ -551,7 +615,9 @@ class ConnectionPool(_Queryable):
         params: list[Any],
         fetch: bool,
         dicts: bool | None = None,
+        sent: Sent | None = None,
     ) -> Any:
+        """Run one statement; ``sent``: in a transaction, all the parameters sent in it."""
         self._queries += 1
         if self._on_query_start is not None:
             safe_call(self._on_query_start, "on_query_start", q, text, params)
@@ -576,7 +642,8 @@ class ConnectionPool(_Queryable):
                     names = _names(result, conn)
                     rows = _dicts(names, rows)
         except psycopg.Error as exc:
-            self._failed(exc, q, text, params)
+            # A statement may echo values sent earlier in its transaction.
+            self._failed(exc, q, text, params, sent)
             raise
         if self._on_query_results is not None:
             safe_call(self._on_query_results, "on_query_results", q, text, params, rows)
@@ -601,10 +668,17 @@ class ConnectionPool(_Queryable):
                     cur.execute(text, params)
                     cursors.append(cur)
         except psycopg.Error as exc:
-            # The failing statement is the first one left without a result.
-            failed = next((i for i, c in enumerate(cursors) if c.pgresult is None), 0)
-            text, params = formatted[failed]
-            self._failed(exc, queries[failed], text, params)
+            # The failing statement is the first one left without a result;
+            # when none is, the COMMIT failed, which may echo any parameter.
+            failed = next((i for i, c in enumerate(cursors) if c.pgresult is None), None)
+            if failed is None and len(cursors) == len(queries):
+                sent = Sent()
+                for _, params in formatted:
+                    sent.add(params)
+                self._failed(exc, sql.unsafe("COMMIT"), "COMMIT", [], sent)
+            else:
+                text, params = formatted[failed or 0]
+                self._failed(exc, queries[failed or 0], text, params)
             raise
         results = []
         for cur in cursors:
@@ -693,7 +767,7 @@ class ConnectionPool(_Queryable):
             dedicated._conn = None
             try:
                 if conn.pgconn.transaction_status != IDLE and not conn.closed:
-                    conn.execute("ROLLBACK")
+                    self._control(conn, "ROLLBACK")
             finally:
                 self._release(conn)
         dedicated._run_post_commit()
@@ -701,7 +775,7 @@ class ConnectionPool(_Queryable):
     def task(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` with a dedicated connection and return its result."""
         with self.connection() as conn:
-            return fn(conn)
+            return _settle(fn(conn), "task")
 
     # -- life cycle ----------------------------------------------------------
 
@@ -751,7 +825,7 @@ def _run_tx(block: _TransactionBlock, fn: Callable[[Transaction], T], attempts: 
     for attempt in range(1, attempts + 1):
         try:
             with block as tx:
-                return fn(tx)
+                return _settle(fn(tx), "tx")
         except psycopg.Error as exc:
             if attempt == attempts or exc.sqlstate not in RETRYABLE_TX:
                 raise
@@ -837,18 +911,26 @@ class Connection(_Queryable):
     def task(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(self)``: this connection already is dedicated."""
         self._acquire()
-        return fn(self)
+        return _settle(fn(self), "task")
 
 
 class Transaction(Connection):
     """A transaction in progress (or a savepoint inside one)."""
 
     _what = "transaction"
+    _sent: Sent
 
-    def __init__(self, pool: ConnectionPool, conn: _PgConnection, savepoint: str | None) -> None:
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        conn: _PgConnection,
+        savepoint: str | None,
+        sent: Sent,
+    ) -> None:
         super().__init__(pool, conn)
         self._savepoint = savepoint
         self._savepoints = count(1)
+        self._sent = sent  # shared by the transaction and its savepoints
 
     def transaction(
         self,
@@ -895,7 +977,7 @@ class Transaction(Connection):
             lock_timeout=lock_timeout,
             idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
         ) as savepoint:
-            return fn(savepoint)
+            return _settle(fn(savepoint), "tx")
 
     def add_post_commit_step(self, fn: Callable[[], Any]) -> None:
         """Run ``fn()`` after the outermost transaction commits and releases its connection.
@@ -939,21 +1021,23 @@ class _TransactionBlock:
             if parent._in_transaction:
                 raise Error(f"this {parent._what} is already running a nested transaction")
         savepoint = None
+        sent = Sent()
         if isinstance(parent, Transaction):
             savepoint = f"pgfast_savepoint_{next(parent._savepoints)}"
             statement = f"SAVEPOINT {savepoint}"
+            sent = parent._sent
         else:
             assert self._begin is not None
             statement = self._begin
         try:
-            conn.execute(statement)
+            self._pool._control(conn, statement, sent)
         except BaseException:
             if parent is None:
                 self._pool._release(conn)
             raise
         if parent is not None:
             parent._in_transaction = True
-        self._tx = Transaction(self._pool, conn, savepoint)
+        self._tx = Transaction(self._pool, conn, savepoint, sent)
         return self._tx
 
     def __exit__(
@@ -999,16 +1083,18 @@ class _TransactionBlock:
                 "use a nested transaction to recover from an error)"
             )
         if tx._savepoint is None:
-            conn.execute("COMMIT")
+            self._pool._control(conn, "COMMIT", tx._sent)
         else:
-            conn.execute(f"RELEASE SAVEPOINT {tx._savepoint}")
+            self._pool._control(conn, f"RELEASE SAVEPOINT {tx._savepoint}", tx._sent)
 
     def _rollback(self, conn: _PgConnection, tx: Transaction) -> None:
         if conn.closed:
             return
         if tx._savepoint is None:
-            conn.execute("ROLLBACK")
+            self._pool._control(conn, "ROLLBACK", tx._sent)
         else:
-            conn.execute(
-                f"ROLLBACK TO SAVEPOINT {tx._savepoint}; RELEASE SAVEPOINT {tx._savepoint}"
+            self._pool._control(
+                conn,
+                f"ROLLBACK TO SAVEPOINT {tx._savepoint}; RELEASE SAVEPOINT {tx._savepoint}",
+                tx._sent,
             )

@@ -12,6 +12,7 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
@@ -206,3 +207,29 @@ async def test_a_stopped_probe_backend_hangs_neither_dispose_nor_the_other_probe
         if stopped is not None:
             os.kill(stopped, signal.SIGCONT)
         await db.dispose()
+
+
+async def test_async_password_callables_serve_queries_and_health_probes(
+    pg_cluster: LocalCluster,
+) -> None:
+    calls = 0
+
+    async def token(password: str) -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0)
+        return password
+
+    def pool(url: str) -> pgfast.AsyncConnectionPool:
+        parts = urlsplit(url)
+        assert parts.password is not None
+        bare = urlunsplit(parts._replace(netloc=f"{parts.username}@{parts.hostname}:{parts.port}"))
+        return create_async_pool(bare, password=lambda: token(parts.password or ""))
+
+    primary, *replicas = [pool(u) for u in (pg_cluster.primary_url, *pg_cluster.replica_urls)]
+    async with create_cluster(primary, replicas, health_check_interval=0.1) as db:
+        assert await db.query_value(sql("SELECT 1")) == 1
+        await asyncio.sleep(0.5)  # several health rounds, each probe connecting with the token
+        assert all(r["up"] for r in db.stats()["replicas"])
+        assert await db.query_value(sql("SELECT 2")) == 2
+    assert calls >= 3

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import string
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -19,8 +20,11 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pgfast._exceptions import Error, PoolClosedError, PoolTimeoutError
+from pgfast._frame import Sent
 from pgfast._pool import create_async_pool
 from pgfast._pool_async import AsyncConnectionPool, AsyncTransaction
 from pgfast._pool_common import IsolationLevel
@@ -473,6 +477,44 @@ async def test_parameter_values_never_in_messages(db: AsyncConnectionPool, table
     assert "q9" not in str(notnull.value)
 
 
+FAILING_CASTS = ("int", "numeric", "bool", "uuid", "inet", "date", "int[]", "jsonb", "interval")
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.text(string.ascii_letters + string.digits + "_-.:", min_size=7, max_size=24))
+async def test_random_parameters_never_appear_in_errors(pg_url: str, drawn: str) -> None:
+    secret = "z" + drawn  # no type parses it
+    failures: list[BaseException] = []
+    t = sql.ident(f"r_{uuid.uuid4().hex[:12]}")
+    async with create_async_pool(pg_url, pool_size=1) as db:
+
+        async def fails(q: Any) -> None:
+            with pytest.raises(psycopg.Error) as info:
+                await db.query(q)
+            failures.append(info.value)
+
+        for cast in FAILING_CASTS:
+            await fails(sql(f"SELECT {{}}::{cast}", secret))
+        await fails(sql("SELECT {}::jsonb", '{"api_key": ' + secret + "}"))
+        await fails(sql("SELECT {}::int[]", "{" + secret + "}"))
+        await fails(sql("SELECT {}::text AS a,\n  no_such_column", secret))  # a code frame
+        await fails(sql("SELECT to_date({}, 'YYYY')", secret))
+        assert 'invalid value [redacted] for "YYYY"' in str(failures[-1])
+        await db.execute(
+            sql("CREATE TABLE {} (k text PRIMARY KEY, n int NOT NULL, c text CHECK (c < 'a'))", t)
+        )
+        try:
+            await db.execute(sql("INSERT INTO {} VALUES ({}, 1, NULL)", t, secret))
+            await fails(sql("INSERT INTO {} VALUES ({}, 1, NULL)", t, secret))  # unique
+            await fails(sql("INSERT INTO {} VALUES ('k', 1, {})", t, secret))  # check
+            await fails(sql("INSERT INTO {} VALUES ({}, NULL, NULL)", t, secret + "2"))
+        finally:
+            await db.execute(sql("DROP TABLE {}", t))
+    for error in failures:
+        assert secret not in str(error), str(error)
+    assert any("\n> " in str(e) for e in failures)  # the code frame was checked too
+
+
 async def test_error_hooks_and_logging(pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
     events: list[Any] = []
 
@@ -724,18 +766,172 @@ async def test_failed_attempt_does_not_fail_waiters_while_connections_are_busy(
         assert await db.query_value(sql("SELECT 1")) == 1
 
 
-async def test_server_ended_session_is_retried(pg_url: str) -> None:
+async def test_dead_idle_connections_are_replaced_before_use(pg_url: str) -> None:
     errors: list[BaseException] = []
+    failed: list[str] = []
     admin = create_async_pool(pg_url)
-    async with create_async_pool(pg_url, pool_size=1, on_error=errors.append) as db, admin:
-        pid = await _backend_pid(db)
-        await admin.query(sql("SELECT pg_terminate_backend({})", pid))
-        await asyncio.sleep(0.1)
-        # The dead connection is the next one handed out: the read is re-run.
-        assert await _backend_pid(db) != pid
-        pid = await _backend_pid(db)
-        await admin.query(sql("SELECT pg_terminate_backend({})", pid))
-        await asyncio.sleep(1.1)
-        # Idle long enough to be checked before use: no failed statement at all.
-        assert await _backend_pid(db) != pid
+    async with (
+        create_async_pool(
+            pg_url,
+            pool_size=1,
+            on_error=errors.append,
+            on_query_error=lambda q, text, params, e: failed.append(text),
+        ) as db,
+        admin,
+    ):
+        for idle in (0.1, 1.1):  # a hot connection, then one idle long enough to be checked
+            pid = await _backend_pid(db)
+            await admin.query(sql("SELECT pg_terminate_backend({})", pid))
+            await asyncio.sleep(idle)
+            assert await _backend_pid(db) != pid
+        # No statement was ever sent on the dead connections.
+        assert failed == []
         assert errors and all(isinstance(e, psycopg.OperationalError) for e in errors)
+
+
+async def test_a_statement_killed_by_the_server_is_not_run_again(
+    pg_url: str, db: AsyncConnectionPool, table: Any
+) -> None:
+    opened: list[int] = []
+    password = _password(pg_url)
+
+    def counting_password() -> str:
+        opened.append(1)
+        if len(opened) > 3:  # bounds a reconnect loop, which then times out
+            raise RuntimeError("reconnecting in a loop")
+        return password
+
+    async with create_async_pool(
+        pg_url, pool_size=1, password=counting_password, queue_timeout=3
+    ) as victim:
+        started = monotonic()
+        with pytest.raises(psycopg.errors.AdminShutdown):
+            await victim.execute(sql("SELECT pg_terminate_backend(pg_backend_pid())"))
+        assert monotonic() - started < 2 and len(opened) == 1
+        # A write killed mid-statement (once: nextval is not rolled back) is
+        # the caller's error: running it again could apply it twice.
+        seq = sql.ident(f"kill_once_{uuid.uuid4().hex[:12]}")
+        await db.execute(sql("CREATE SEQUENCE {}", seq))
+        await db.execute(sql("INSERT INTO {} VALUES (1, '')", table))
+        update = sql(
+            "WITH u AS (UPDATE {} SET v = v || {} RETURNING id) "
+            "SELECT CASE WHEN nextval('{}') = 1 THEN pg_terminate_backend(pg_backend_pid()) END "
+            "FROM u",
+            table,
+            "x",
+            sql.unsafe(seq.format()[0]),
+        )
+        try:
+            with pytest.raises(psycopg.errors.AdminShutdown):
+                await victim.query(update)
+        finally:
+            await db.execute(sql("DROP SEQUENCE {}", seq))
+        assert await db.query_value(sql("SELECT v FROM {}", table)) == ""
+        assert await victim.query_value(sql("SELECT 1")) == 1  # and the pool recovers
+
+
+async def test_commit_errors_are_redacted_and_reported(pg_url: str) -> None:
+    reported: list[tuple[str, list[Any], BaseException]] = []
+    name = sql.ident(f"d_{uuid.uuid4().hex[:12]}")
+    async with create_async_pool(
+        pg_url, on_query_error=lambda q, text, params, e: reported.append((text, params, e))
+    ) as db:
+        await db.execute(
+            sql(
+                "CREATE TABLE {} (id text UNIQUE DEFERRABLE INITIALLY DEFERRED, n int)",
+                name,
+            )
+        )
+        try:
+
+            async def twice(tx: AsyncTransaction) -> None:
+                for _ in range(2):
+                    await tx.execute(sql("INSERT INTO {} VALUES ({}, 1)", name, "SECRETVAL"))
+
+            with pytest.raises(psycopg.errors.UniqueViolation) as info:
+                await db.tx(twice)
+            assert "SECRETVAL" not in str(info.value)
+            assert "Key (id)=[redacted] already exists" in str(info.value)
+            assert [(text, params) for text, params, _ in reported] == [("COMMIT", [])]
+            assert reported[0][2] is info.value
+
+            insert = sql("INSERT INTO {} VALUES ({}, {})", name, "SECRET-2", 2)
+            with pytest.raises(psycopg.errors.UniqueViolation) as batch:
+                await db.query([insert, insert])  # the list's own COMMIT
+            assert "SECRET-2" not in str(batch.value)
+            # A constraint trigger may echo any value sent in the transaction.
+            await db.execute(
+                sql(
+                    "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                    "$$ BEGIN RAISE EXCEPTION 'bad row %', NEW.id; END $$",
+                    name,
+                )
+            )
+            await db.execute(
+                sql(
+                    "CREATE CONSTRAINT TRIGGER chk AFTER INSERT ON {} "
+                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {}()",
+                    name,
+                    name,
+                )
+            )
+            for immediate in (False, True):  # fired by COMMIT, or by a statement
+
+                async def echoed(tx: AsyncTransaction) -> None:
+                    await tx.execute(sql("INSERT INTO {} VALUES ({}, 3)", name, "trig-secret"))
+                    async with tx.transaction() as savepoint:
+                        await savepoint.execute(sql("INSERT INTO {} VALUES ('x', {})", name, 7))
+                    if immediate:  # noqa: B023 (called at once)
+                        await tx.execute(sql("SET CONSTRAINTS ALL IMMEDIATE"))
+
+                with pytest.raises(psycopg.errors.RaiseException) as trig:
+                    await db.tx(echoed)
+                assert "trig-secret" in str(trig.value.diag.message_primary)  # the server echoed it
+                assert "trig-secret" not in str(trig.value)
+        finally:
+            await db.execute(sql("DROP TABLE {}", name))
+            await db.execute(sql("DROP FUNCTION IF EXISTS {}()", name))
+
+
+async def test_a_large_transaction_keeps_no_parameters_yet_redacts(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Past the budget a transaction stops holding its parameters (a bulk load
+    # must not keep every batch until COMMIT); its errors then lose every
+    # quoted segment instead.
+    monkeypatch.setattr(Sent, "BUDGET", 50)
+    name = sql.ident(f"big_{uuid.uuid4().hex[:12]}")
+    async with create_async_pool(pg_url) as db:
+        await db.execute(sql("CREATE TABLE {} (id text, n int)", name))
+        await db.execute(
+            sql(
+                "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                """$$ BEGIN RAISE EXCEPTION 'bad row "%"', NEW.id; END $$""",
+                name,
+            )
+        )
+        await db.execute(
+            sql(
+                "CREATE CONSTRAINT TRIGGER chk AFTER INSERT ON {} "
+                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {}()",
+                name,
+                name,
+            )
+        )
+        try:
+            seen: list[Sent] = []
+
+            async def load(tx: AsyncTransaction) -> None:
+                seen.append(tx._sent)
+                await tx.execute(sql("INSERT INTO {} VALUES ({}, 1)", name, "early-secret"))
+                await tx.execute(sql("SELECT {}::text", "x" * 100))  # over the budget
+
+            with pytest.raises(psycopg.errors.RaiseException) as info:
+                await db.tx(load)
+            assert seen[0].params is None
+            assert "early-secret" in str(info.value.diag.message_primary)  # the server echoed it
+            assert "early-secret" not in str(info.value)
+            assert str(info.value) == "bad row [redacted]"
+        finally:
+            await db.execute(sql("DROP TABLE {}", name))
+            await db.execute(sql("DROP FUNCTION {}()", name))

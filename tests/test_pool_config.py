@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import textwrap
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgfast._config import REDACTED, PoolOptions, resolve_config, session_settings
+from pgfast._config import (
+    PASSWORD_HISTORY,
+    REDACTED,
+    PoolConfig,
+    PoolOptions,
+    resolve_config,
+    session_settings,
+)
 from pgfast._exceptions import ConfigurationError
 from pgfast._frame import REDACTED_VALUE, code_frame, redact_params
 from pgfast._pool import create_async_pool, create_pool
@@ -119,13 +129,19 @@ def test_passwords_are_redacted() -> None:
     assert "hunter22" not in str(info.value)
 
 
+def connection_kwargs(config: PoolConfig) -> dict[str, Any]:
+    """What a sync pool passes to psycopg for one new connection."""
+    password = config.options.password
+    return config.kwargs_with_password(password()) if callable(password) else config.connect_kwargs
+
+
 def test_password_callable_result_is_redacted() -> None:
     config = resolve_config(URL, {"password": lambda: "rotating-token-1"})
-    assert config.password_kwargs()["password"] == "rotating-token-1"
+    assert connection_kwargs(config)["password"] == "rotating-token-1"
     assert "rotating-token-1" not in config.redact("token rotating-token-1 rejected")
     bad = resolve_config(URL, {"password": lambda: 5})
     with pytest.raises(ConfigurationError, match="must return a str"):
-        bad.password_kwargs()
+        connection_kwargs(bad)
 
 
 def test_begin_statement() -> None:
@@ -217,3 +233,104 @@ def test_query_stream_is_typed_as_a_generator(
     )
     assert not stderr, stderr
     assert [line for line in stdout.splitlines() if line.startswith(str(sample))] == []
+
+
+def test_config_reprs_show_no_secret() -> None:
+    for options in ({}, {"password": "opt-pw-123"}, {"password": lambda: "cb-pw-123"}):
+        config = resolve_config(URL + "?sslpassword=key-passphrase", options)
+        connection_kwargs(config)
+        for obj in (config, config.options, create_pool(URL + "?sslpassword=key-passphrase")):
+            shown = repr(obj)
+            for secret in ("s3cr", "opt-pw-123", "cb-pw-123", "key-passphrase", "password"):
+                assert secret not in shown, (secret, shown)
+        assert "db.example" in repr(config)
+        assert "key-passphrase" in config.secrets
+    assert "sslpassword" not in repr(create_pool("host=h sslpassword=pp1234 user=u"))
+
+
+def test_bad_connection_option_values_fail_at_create(monkeypatch: pytest.MonkeyPatch) -> None:
+    for bad, name in (
+        ("host=db port=abc password=pw-hidden", "port"),
+        ("postgresql://u:pw-hidden@db/x?port=99999", "port"),
+        ("host=db,db2 port=5432,x", "port"),
+        ("host=db sslmode=sometimes", "sslmode"),
+        ("host=db keepalives_idle=soon", "keepalives_idle"),
+        ("host=db target_session_attrs=writable", "target_session_attrs"),
+    ):
+        with pytest.raises(ConfigurationError, match=name) as info:
+            create_pool(bad)
+        assert "pw-hidden" not in str(info.value)
+    assert resolve_config("host=db,db2 port=5432,", {}).conninfo  # an empty port: the default
+    monkeypatch.setenv("PGPORT", "nope")
+    with pytest.raises(ConfigurationError, match="PGPORT"):
+        create_async_pool("host=db")
+    assert resolve_config("host=db port=5433", {})  # the string wins over the variable
+
+
+def test_async_password_callables() -> None:
+    async def token() -> str:
+        return "async-token"
+
+    with pytest.raises(TypeError, match="create_async_pool"):
+        create_pool(URL, password=token)
+    create_async_pool(URL, password=token)  # awaited for each new connection
+    config = resolve_config(URL, {"password": token})
+    with pytest.raises(ConfigurationError, match="create_async_pool"):
+        connection_kwargs(config)
+
+
+def test_password_rotation_is_thread_safe() -> None:
+    counter = itertools.count()
+    config = resolve_config(URL, {"password": lambda: f"token-{next(counter)}"})
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def redact_forever() -> None:
+        try:
+            while not stop.is_set():
+                config.redact("token-1 token-2")
+        except BaseException as exc:
+            errors.append(exc)
+
+    def rotate() -> None:
+        for _ in range(2000):
+            connection_kwargs(config)
+
+    readers = [threading.Thread(target=redact_forever) for _ in range(2)]
+    writers = [threading.Thread(target=rotate) for _ in range(4)]
+    for t in readers + writers:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in readers:
+        t.join()
+    assert errors == []
+    last = next(counter) - 1
+    for recent in range(last - PASSWORD_HISTORY + 1, last + 1):
+        assert f"token-{recent}" in config.secrets
+    assert "s3cr!t-pw" in config.secrets  # the string's own password stays
+
+
+def test_quoted_echoes_are_redacted() -> None:
+    cases = [
+        (
+            'invalid input syntax for type json\nDETAIL:  Token "sk_live_abcdef123456" is invalid.',
+            ['{"api_key": sk_live_abcdef123456}'],
+            "DETAIL:  Token [redacted] is invalid.",
+        ),
+        ('malformed array literal: "ab"', ["ab"], "malformed array literal: [redacted]"),
+        ('date/time field value out of range: "99"', ["1999-99"], "range: [redacted]"),
+        ('invalid value "ab" for "YYYY"', ["abc"], 'invalid value [redacted] for "YYYY"'),
+        ('invalid input syntax for type integer: "a"b"', ['a"b'], "integer: [redacted]"),
+        (
+            'duplicate key value violates unique constraint "t_pkey"\n'
+            "DETAIL:  Key (lower(k))=(x)y) already exists.",
+            ["x)y"],
+            'constraint "t_pkey"\nDETAIL:  Key (lower(k))=[redacted] already exists.',
+        ),
+        ('column "id" of relation "t" is odd', ["7"], 'column "id" of relation "t" is odd'),
+        ("Key (a)=(1) conflicts with existing key (a)=(2).", None, "existing key (a)=[redacted]."),
+    ]
+    for message, params, expected in cases:
+        assert expected in redact_params(message, params), message

@@ -7,6 +7,7 @@ are written for each one rather than generated.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 import pytest
 
+from pgfast import _pool_async
 from pgfast._exceptions import PoolClosedError
 from pgfast._pool import create_async_pool, create_pool
 from pgfast._pool_async import AsyncTransaction
@@ -332,3 +334,61 @@ async def test_many_waiting_tasks_get_the_connection_error(pg_url: str) -> None:
         assert db.stats()["waiting"] == 0
     assert all(isinstance(r, psycopg.OperationalError) for r in results)
     assert 1 <= len(attempts) <= 5
+
+
+async def test_async_password_callable_is_awaited(pg_url: str) -> None:
+    password = urlsplit(pg_url).password
+    calls: list[int] = []
+
+    async def token() -> str:
+        calls.append(1)
+        await asyncio.sleep(0)
+        return password or ""
+
+    async with create_async_pool(pg_url, password=token) as db:
+        assert await db.query_value(sql("SELECT 1")) == 1
+    assert calls == [1]
+
+
+def test_sync_tx_and_task_refuse_async_functions(pg_url: str) -> None:
+    async def body(tx: Any) -> None:
+        tx.execute(sql("CREATE TABLE never_created_by_pgfast (id int)"))
+
+    with create_pool(pg_url) as db:
+        with pytest.raises(TypeError, match="async def"):
+            db.tx(body)
+        with pytest.raises(TypeError, match="async def"):
+            db.task(body)
+        with pytest.raises(TypeError, match="async def"):
+            db.tx(lambda tx: tx.tx(body))
+        assert db.stats()["in_use"] == 0
+        assert db.query_value(sql("SELECT to_regclass('never_created_by_pgfast')")) is None
+
+
+async def test_async_tx_and_task_refuse_plain_functions(pg_url: str) -> None:
+    async with create_async_pool(pg_url) as db:
+        with pytest.raises(TypeError, match="async function"):
+            await db.tx(lambda tx: 1)  # type: ignore[arg-type,return-value]
+        with pytest.raises(TypeError, match="async function"):
+            await db.task(lambda conn: 1)  # type: ignore[arg-type,return-value]
+        assert db.stats()["in_use"] == 0
+
+
+async def test_cancelled_callers_leave_no_waiter_behind(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every hot connection counts as stale: acquiring goes through psycopg_pool
+    # and its liveness check, where a cancellation may land.
+    monkeypatch.setattr(_pool_async, "LIVENESS_CHECK_AFTER", 0.0)
+    async with create_async_pool(pg_url, pool_size=1) as db:
+        for steps in range(12):
+            await db.query(sql("SELECT 1"))
+            task = asyncio.create_task(db.query(sql("SELECT 1")))
+            for _ in range(steps):
+                await asyncio.sleep(0)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            stats = db.stats()
+            assert (stats["waiting"], stats["in_use"]) == (0, 0), steps
+        assert await db.query_value(sql("SELECT 2")) == 2
