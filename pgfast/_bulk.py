@@ -17,6 +17,9 @@ Executor contract (what ``db.bulk_*`` on pools, connections, transactions and cl
             info = _bulk.table_info(plan.table, rows)  # raises UndefinedTable if missing
             pool_cache[plan.table.key] = info
     queries = plan.queries(info)                # ValueError for a column the table lacks
+    # A cached ``info`` may predate an ALTER TABLE: look it up again when it lacks one of
+    # ``plan.missing(None)``, or when the batches fail with a server error that stale types
+    # may explain (then, if the types changed, run the whole call once more).
     # Run all of ``queries`` in ONE transaction (a savepoint inside a transaction), in order:
     #   plan.returns_rows -> concatenate tx.query(q) for each q
     #   otherwise         -> sum tx.execute(q) for each q
@@ -28,8 +31,9 @@ Executor contract (what ``db.bulk_*`` on pools, connections, transactions and cl
 ``copy_types(info, columns)`` (OIDs for ``copy.set_types``) and
 ``pgfast._impl.flatten.records_to_rows(chunk, columns, start)`` per chunk.
 
-How values travel: one array parameter per column, cast to the column type and
-unnested server side. A bool, int2/4/8 or float8 column whose values all fit
+How values travel: one array parameter per column, cast to the column type
+without its modifier (see ``column_types_query``; modifiers in ``column_types``
+are dropped too) and unnested server side. A bool, int2/4/8 or float8 column whose values all fit
 it exactly (bool; int in range; float or int) is sent as ONE binary array
 (``flatten.binary_array``), the cheapest form for both sides; a value that
 does not fit (a str, an int out of range...) sends the column as text, so the
@@ -182,6 +186,45 @@ def check_type(column: str, type_name: object) -> str:
     return type_name.strip()
 
 
+# A quoted name (kept as it is) or a type modifier (dropped), for ``_unmodified``.
+_QUOTED_OR_MODIFIER_RE = re.compile(rf'("(?:[^"]|"")*")|\s*{_MODIFIER}')
+_FLOAT_RE = re.compile(r"float\s*\(\s*(\d+)\s*\)", re.IGNORECASE)
+_ARRAY_SUFFIX_RE = re.compile(r"(\s*\[\s*\d*\s*\])+$|\s+array$", re.IGNORECASE)
+# Spellings that, without a modifier, mean length 1: ``character`` is
+# ``character(1)``, so the unbounded type is spelt ``bpchar`` (and ``"bit"``).
+_UNBOUNDED = {
+    "char": "bpchar",
+    "character": "bpchar",
+    "nchar": "bpchar",
+    "national char": "bpchar",
+    "national character": "bpchar",
+    "bit": '"bit"',
+}
+
+
+def _unmodified(type_name: str) -> str:
+    """A checked type name without its modifiers: what a parameter is cast to.
+
+    ``varchar(5)`` -> ``varchar``, ``char(2)[]`` -> ``bpchar[]``, ``numeric(10,2)``
+    -> ``numeric``, ``interval day`` -> ``interval``; ``float(p)`` names a type,
+    not a modifier: ``real`` up to 24 bits, ``double precision`` up to 53.
+    """
+    floated = _FLOAT_RE.fullmatch(_ARRAY_SUFFIX_RE.split(type_name, 1)[0])
+    if floated is not None:
+        bits = int(floated.group(1))
+        if not 1 <= bits <= 53:
+            return type_name  # the server names the error
+        type_name = ("real" if bits <= 24 else "double precision") + type_name[floated.end() :]
+    stripped = _QUOTED_OR_MODIFIER_RE.sub(lambda m: m.group(1) or "", type_name)
+    suffix = _ARRAY_SUFFIX_RE.search(stripped)
+    base = stripped[: suffix.start()] if suffix else stripped
+    words = " ".join(base.lower().split())
+    if words.split(" ", 1)[0] == "interval":  # ``interval day to second``: fields truncate
+        base = "interval"
+    base = _UNBOUNDED.get(words, base)
+    return base + (suffix.group(0) if suffix else "")
+
+
 def _is_array_type(type_name: str) -> bool:
     return type_name.endswith("]") or type_name.lower().rsplit(None, 1)[-1] == "array"
 
@@ -196,12 +239,36 @@ class TableInfo:
 
 
 def column_types_query(table: Table) -> SQLQuery:
-    """The query listing ``table``'s columns: rows of ``(attname, type, oid)``."""
+    """The query listing ``table``'s columns: rows of ``(attname, type, oid)``.
+
+    ``type`` is what parameters are cast to: the column's type without its
+    modifier (``character varying``, not ``character varying(5)``; ``bpchar``
+    and ``"bit"``, which unlike ``character`` and ``bit`` mean no length), and a
+    domain (or an array of one) as its base type. A cast applies a modifier by
+    truncating or rounding, and a domain's checks, where a comparison wants
+    neither; the INSERT or UPDATE assigning the value to the column enforces
+    both, raising as a plain INSERT would. ``oid`` is the column's own type.
+    """
+    # Walk each column's type down through domains (and into an array's element
+    # when that is a domain), keeping the deepest step: its type, or the array
+    # type of it when the walk went through an array.
     return sql(
-        "SELECT attname, format_type(atttypid, atttypmod) AS type, atttypid::int8 AS oid "
-        "FROM pg_catalog.pg_attribute "
-        "WHERE attrelid = to_regclass({}::text)::oid AND attnum > 0 AND NOT attisdropped "
-        "ORDER BY attnum",
+        "WITH RECURSIVE walk (attnum, attname, atttypid, typ, in_array, depth) AS ("
+        " SELECT attnum, attname, atttypid, atttypid, false, 0"
+        " FROM pg_catalog.pg_attribute"
+        " WHERE attrelid = to_regclass({}::text)::oid AND attnum > 0 AND NOT attisdropped"
+        " UNION ALL"
+        " SELECT w.attnum, w.attname, w.atttypid,"
+        " CASE WHEN t.typtype = 'd' THEN t.typbasetype ELSE t.typelem END,"
+        " w.in_array OR t.typtype <> 'd', w.depth + 1"
+        " FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.typ"
+        " LEFT JOIN pg_catalog.pg_type e ON e.oid = t.typelem"
+        " WHERE t.typtype = 'd' OR (NOT w.in_array AND t.typcategory = 'A' AND e.typtype = 'd')"
+        ") SELECT DISTINCT ON (w.attnum) w.attname, format_type(CASE"
+        " WHEN NOT w.in_array THEN w.typ WHEN t.typarray <> 0 THEN t.typarray ELSE w.atttypid"
+        " END, -1) AS type, w.atttypid::int8 AS oid"
+        " FROM walk w JOIN pg_catalog.pg_type t ON t.oid = w.typ"
+        " ORDER BY w.attnum, w.depth DESC",
         table.name,
     )
 
@@ -295,6 +362,10 @@ class BinaryArray:
     def __init__(self, data: bytes, type_name: str) -> None:
         self.data = data
         self.type_name = type_name
+
+    def __len__(self) -> int:
+        # Its size, for budgets such as a transaction's record of what it sent.
+        return len(self.data)
 
     def __repr__(self) -> str:
         return f"<{self.type_name}[] in binary, {len(self.data)} bytes>"
@@ -425,7 +496,7 @@ def _given_types(column_types: object) -> dict[str, str]:
             f"column_types must be a dict of column name -> type name, "
             f"not {type(column_types).__name__}"
         )
-    return {name: check_type(name, t) for name, t in column_types.items()}
+    return {name: _unmodified(check_type(name, t)) for name, t in column_types.items()}
 
 
 def _returning(returning: object) -> SQLQuery | None:
@@ -457,10 +528,15 @@ class BulkPlan:
         """Whether some column's type must be looked up (``column_types_query``)."""
         return any(c not in self.column_types for c in self.columns)
 
+    def missing(self, info: TableInfo | None) -> list[str]:
+        """The columns that have a type neither in ``column_types`` nor in ``info``."""
+        looked_up = info.types if info is not None else {}
+        return [c for c in self.columns if c not in self.column_types and c not in looked_up]
+
     def queries(self, info: TableInfo | None = None) -> list[SQLQuery]:
         """The batches, with types from ``column_types`` first, then from ``info``."""
         looked_up = info.types if info is not None else {}
-        missing = [c for c in self.columns if c not in self.column_types and c not in looked_up]
+        missing = self.missing(info)
         if missing:
             where = (
                 f"table {self.table.name} has no such column"

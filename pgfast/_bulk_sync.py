@@ -9,7 +9,8 @@ edit this file and regenerate, never the other.
 offers ``query``, ``tx`` and ``_pool_ref`` (see ``_AsyncHost``): every write
 runs inside ``host.tx``, so all batches of one call commit together (a
 savepoint when the host already is a transaction), and column types are looked
-up on that same connection once per pool, in ``_pool_ref._column_types_cache``.
+up on that same connection once per pool, in ``_pool_ref._column_types_cache``,
+and again when the cached entry may be stale (see ``_run_write``).
 """
 
 from __future__ import annotations
@@ -71,38 +72,115 @@ class _Host(Protocol):
     def tx(self, fn: Callable[[Any], T]) -> T: ...
 
 
-def _table_info(db: _Host | _Session, table: _bulk.Table) -> _bulk.TableInfo:
-    """``table``'s columns and types: from the pool's cache, else looked up on ``db``."""
+def _table_info(
+    db: _Host | _Session, table: _bulk.Table, *, fresh: bool = False
+) -> _bulk.TableInfo:
+    """``table``'s columns and types: from the pool's cache, else (or when ``fresh``) looked
+    up on ``db`` and cached; a failed lookup leaves nothing cached."""
     cache = db._pool_ref._column_types_cache
-    info = cache.get(table.key)
+    info = None if fresh else cache.get(table.key)
     if info is None:
+        cache.pop(table.key, None)
         info = _bulk.table_info(table, db.query(_bulk.column_types_query(table)))
         cache[table.key] = info
     return info
 
 
-def _run_write(db: _Host, plan: _bulk.BulkPlan) -> Any:
-    """All of ``plan``'s batches in one transaction: the rows, or the affected row count."""
-    cached = db._pool_ref._column_types_cache.get(plan.table.key)
-    ready = None
-    if not plan.needs_types or cached is not None:
-        ready = plan.queries(cached)  # bad columns raise here, before any round trip
-        if not ready:
-            return [] if plan.returns_rows else 0
+def _changed_info(
+    db: _Host | _Session, table: _bulk.Table, stale: _bulk.TableInfo, error: Exception
+) -> _bulk.TableInfo:
+    """``table``'s columns looked up again after ``error``; ``error`` is raised again if
+    they did not change (so it was not the cached types' fault)."""
+    info = _table_info(db, table, fresh=True)
+    if info == stale:
+        raise error
+    return info
 
-    def work(tx: _Session) -> Any:
-        queries = ready if ready is not None else plan.queries(_table_info(tx, plan.table))
-        if plan.returns_rows:
-            rows: list[Row] = []
-            for q in queries:
-                rows.extend(tx.query(q))
-            return rows
-        count = 0
+
+def _cached(db: _Host, table: _bulk.Table, columns: Iterable[str]) -> _bulk.TableInfo | None:
+    """The cached columns of ``table``, if cached and they include every one of ``columns``
+    (else they may be from before an ``ALTER TABLE``: look them up again)."""
+    info: _bulk.TableInfo | None = db._pool_ref._column_types_cache.get(table.key)
+    return info if info is not None and all(c in info.types for c in columns) else None
+
+
+def _from_cache(
+    db: _Host, plan: _bulk.BulkPlan
+) -> tuple[_bulk.TableInfo | None, list[SQLQuery]] | None:
+    """``plan``'s queries, built with the given and cached types, and the cached types used;
+    ``None`` when the types must be looked up first: not cached, or perhaps stale (the cache
+    lacks a column, or a value does not fit a cached type: a column now an array...)."""
+    if not plan.needs_types:
+        return None, plan.queries(None)  # bad input raises here, before any round trip
+    cached = _cached(db, plan.table, plan.missing(None))
+    if cached is None:
+        return None
+    try:
+        return cached, plan.queries(cached)
+    except (TypeError, ValueError):
+        return None  # raised again, if the fresh types do not fix it
+
+
+def _may_be_stale(error: Exception) -> bool:
+    """Whether ``error`` may come from cached types that no longer match the table: from
+    the server, class 42 (undefined table or column, datatype mismatch...) or 22 (a value
+    sent as the old type); client side, a value the old type's dumper refused."""
+    if isinstance(error, psycopg.Error):
+        return (error.sqlstate or "")[:2] in ("42", "22")
+    return isinstance(error, (TypeError, ValueError))
+
+
+def _run_queries(tx: _Session, plan: _bulk.BulkPlan, queries: list[SQLQuery]) -> Any:
+    """Run ``queries`` in order: the rows, or the affected row count."""
+    if plan.returns_rows:
+        rows: list[Row] = []
         for q in queries:
-            count += tx.execute(q)
-        return count
+            rows.extend(tx.query(q))
+        return rows
+    count = 0
+    for q in queries:
+        count += tx.execute(q)
+    return count
 
-    return db.tx(work)
+
+def _run_write(db: _Host, plan: _bulk.BulkPlan) -> Any:
+    """All of ``plan``'s batches in one transaction: the rows, or the affected row count.
+
+    With cached types, a server error that stale types may explain gets the types
+    looked up again, and when they changed, the whole call runs once more: its
+    first transaction (or savepoint) was rolled back, so nothing of it was written.
+    """
+    built = _from_cache(db, plan)
+    if built is None:
+
+        def looked_up(tx: _Session) -> Any:
+            info = _table_info(tx, plan.table, fresh=True)
+            return _run_queries(tx, plan, plan.queries(info))
+
+        return db.tx(looked_up)
+    cached, queries = built
+    if not queries:
+        return [] if plan.returns_rows else 0
+    try:
+        return db.tx(lambda tx: _run_queries(tx, plan, queries))
+    except psycopg.Error as exc:
+        if cached is None or not _may_be_stale(exc):
+            raise
+        error = exc
+    stale = cached
+
+    def again(tx: _Session) -> Any:
+        info = _changed_info(tx, plan.table, stale, error)
+        return _run_queries(tx, plan, plan.queries(info))
+
+    return db.tx(again)
+
+
+def _select(db: _Host, queries: list[SQLQuery]) -> list[Row]:
+    rows: list[Row] = []
+    for q in queries:
+        rows.extend(db.query(q))
+    return rows
 
 
 def _check_rows(rows: object) -> None:
@@ -202,11 +280,23 @@ class BulkMixin:
             order_by=order_by,
             limit=limit,
         )
-        info = _table_info(self, plan.table) if plan.needs_types else None
-        rows: list[Row] = []
-        for q in plan.queries(info):
-            rows.extend(self.query(q))
-        return rows
+        built = _from_cache(self, plan)
+        if built is None:
+            info = _table_info(self, plan.table, fresh=True)
+            return _select(self, plan.queries(info))
+        cached, queries = built
+        try:
+            return _select(self, queries)
+        except psycopg.Error as exc:
+            if cached is None or not _may_be_stale(exc):
+                raise
+            error = exc
+        try:
+            info = _changed_info(self, plan.table, cached, error)
+        except psycopg.Error:
+            # Gone, or ``self`` is a transaction the failed query aborted: the first error stands.
+            raise error from None
+        return _select(self, plan.queries(info))
 
     def copy_in(
         self: _Host,
@@ -235,9 +325,14 @@ class BulkMixin:
         names = columns
         if names is None and isinstance(first[0], Mapping):
             names = flatten.keys_of(first)
+        cached = _cached(self, parsed, names or ())
+        if names is None and cached is not None and not _fills(first[0], cached):
+            cached = None  # tuples sized for other columns: the table may have changed
+        # Rows taken past the first chunk cannot be taken again: no retry after that.
+        streamed = False
 
-        def work(tx: _Session) -> int:
-            info = _table_info(tx, parsed)
+        def work(tx: _Session, info: _bulk.TableInfo) -> int:
+            nonlocal streamed
             target = list(info.columns if names is None else names)
             types = _bulk.copy_types(info, target)
             statement, _ = _bulk.copy_query(parsed, target).format()
@@ -250,7 +345,35 @@ class BulkMixin:
                         copy.write_row(row)
                     count += len(chunk)
                     chunk = next(chunks, None)
+                    streamed = streamed or chunk is not None
             return count
 
-        result: int = self.tx(work)
+        def looked_up(tx: _Session) -> int:
+            return work(tx, _table_info(tx, parsed, fresh=True))
+
+        if cached is None:
+            result: int = self.tx(looked_up)
+            return result
+        try:
+            result = self.tx(lambda tx: work(tx, cached))
+            return result
+        except (psycopg.Error, TypeError, ValueError) as exc:
+            if not _may_be_stale(exc):
+                raise
+            if streamed:
+                self._pool_ref._column_types_cache.pop(parsed.key, None)  # fresh next time
+                raise
+            error = exc
+        stale = cached
+
+        def again(tx: _Session) -> int:
+            return work(tx, _changed_info(tx, parsed, stale, error))
+
+        result = self.tx(again)
         return result
+
+
+def _fills(row: object, info: _bulk.TableInfo) -> bool:
+    """Whether ``row`` may be a tuple of every column in ``info`` (a non-tuple is the
+    flattener's to reject)."""
+    return not isinstance(row, (tuple, list)) or len(row) == len(info.columns)

@@ -27,6 +27,7 @@ from conftest import twin
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import pgfast
 from pgfast._pool import create_async_pool, create_pool
 from pgfast._pool_async import AsyncConnectionPool
 from pgfast._pool_sync import ConnectionPool
@@ -515,6 +516,325 @@ def test_copy_in_generator_keeps_memory_flat(pg_url: str) -> None:
     assert done.returncode == 0, done.stderr
     growth = int(done.stdout.strip())
     assert growth < bound, f"peak RSS grew by {growth / 2**20:.1f} MiB"
+
+
+# -- type modifiers: bulk calls behave as a plain INSERT, UPDATE or WHERE ---------------------
+
+MOD_TYPES = {
+    "name": "varchar(5)",
+    "code": "char(2)",
+    "n": "numeric(5,2)",
+    "bits": "bit(3)",
+    "names": "varchar(3)[]",
+    "codes": "char(2)[]",
+    "ns": "numeric(3,1)[]",
+    "bitss": "bit(2)[]",
+}
+
+
+@pytest.fixture
+async def mods(db: Pool) -> AsyncIterator[tuple[str, dict[str, str]]]:
+    """A table with a column of each modified type and ``dom``, of a domain over varchar(5):
+    (its name, the types a user would give in ``column_types``)."""
+    name = _name()
+    domain = sql.ident(f"{name}_d")
+    await call(db.execute(sql("CREATE DOMAIN {} AS varchar(5) CHECK (VALUE <> 'bad')", domain)))
+    columns = ", ".join(f"{c} {t}" for c, t in MOD_TYPES.items())
+    await call(
+        db.execute(
+            sql(
+                "CREATE TABLE {} (id int PRIMARY KEY, {}, dom {})",
+                sql.ident(name),
+                sql.unsafe(columns),
+                domain,
+            )
+        )
+    )
+    # A domain named in column_types is cast to, checks and all: give its base type.
+    yield name, {**MOD_TYPES, "dom": "varchar(5)"}
+    await call(db.execute(sql("DROP TABLE {}; DROP DOMAIN {}", sql.ident(name), domain)))
+
+
+async def outcome(db: Pool, run: Any, table: str, column: str, row_id: int) -> tuple[str, Any]:
+    """``("error", class name)`` if ``run()`` raises, else ``("stored", the column's value)``."""
+    try:
+        await call(run())
+    except psycopg.Error as exc:
+        return "error", type(exc).__name__
+    q = sql("SELECT {} FROM {} WHERE id = {}", sql.ident(column), sql.ident(table), row_id)
+    return "stored", await call(db.query_value(q))
+
+
+WRITES = [
+    ("name", "toolongname"),
+    ("name", "abcde   "),  # trailing spaces past the length are dropped, not an error
+    ("name", "abc"),
+    ("code", "xyz"),
+    ("code", "x"),
+    ("n", Decimal("1.234")),  # rounded on assignment, as by a plain INSERT
+    ("n", Decimal("12345.6")),
+    ("bits", "1011"),
+    ("bits", "10"),
+    ("bits", "101"),
+    ("names", ["abcd"]),
+    ("names", ["abc", None]),
+    ("codes", ["xyz"]),
+    ("ns", [Decimal("1.26")]),
+    ("ns", [Decimal("123.4")]),
+    ("bitss", ["101"]),
+    ("bitss", ["10"]),
+    ("dom", "toolongname"),
+    ("dom", "bad"),
+    ("dom", "ok"),
+]
+
+
+@pytest.mark.parametrize(("column", "value"), WRITES)
+async def test_insert_and_update_enforce_modifiers_like_plain_sql(
+    db: Pool, mods: tuple[str, dict[str, str]], column: str, value: Any
+) -> None:
+    table, _ = mods
+    t, c = sql.ident(table), sql.ident(column)
+    plain = await outcome(
+        db, lambda: db.execute(sql("INSERT INTO {} (id, {}) VALUES (1, {})", t, c, value)), table,
+        column, 1,
+    )  # fmt: skip
+    bulk = await outcome(
+        db, lambda: db.bulk_insert(table, [{"id": 2, column: value}]), table, column, 2
+    )
+    assert bulk == plain
+    assert bulk[0] == "stored" or await count(db, table) == int(plain[0] == "stored")
+    await call(db.execute(sql("DELETE FROM {}; INSERT INTO {} (id) VALUES (1), (2)", t, t)))
+    plain = await outcome(
+        db, lambda: db.execute(sql("UPDATE {} SET {} = {} WHERE id = 1", t, c, value)), table,
+        column, 1,
+    )  # fmt: skip
+    bulk = await outcome(
+        db,
+        lambda: db.bulk_update(
+            table, [{"where": {"id": 2}, "set": {column: value}}],
+            where_columns=["id"], set_columns=[column],
+        ),
+        table, column, 2,
+    )  # fmt: skip
+    assert bulk == plain
+
+
+def test_truncating_writes_raise_as_the_issue_reported(pg_url: str) -> None:
+    with create_pool(pg_url) as pool:
+        name = _name()
+        t = sql.ident(name)
+        pool.execute(sql("CREATE TABLE {} (id int, name varchar(5), code char(2))", t))
+        try:
+            with pytest.raises(psycopg.errors.StringDataRightTruncation):
+                pool.bulk_insert(name, [{"id": 1, "name": "toolongname", "code": "xyz"}])
+            with pytest.raises(psycopg.errors.StringDataRightTruncation):
+                pool.bulk_insert(
+                    name, [{"id": 1, "name": "toolongname"}], column_types={"name": "varchar(5)"}
+                )
+            assert pool.query_value(sql("SELECT count(*) FROM {}", t)) == 0
+        finally:
+            pool.execute(sql("DROP TABLE {}", t))
+
+
+# (column, a stored value, a value that a cast to the column's type would truncate or
+# round into the stored one, and that therefore must not match it)
+NEAR_MISSES = [
+    ("name", "toolo", "toolongname"),
+    ("code", "xy", "xyz"),
+    ("n", Decimal("1.23"), Decimal("1.234")),
+    ("bits", "101", "1010"),
+    ("names", ["abc"], ["abcd"]),
+    ("codes", ["xy"], ["xyz"]),
+    ("ns", [Decimal("1.3")], [Decimal("1.26")]),
+    ("dom", "toolo", "toolongname"),
+    ("dom", "toolo", "bad"),  # compared, not checked against the domain
+]
+
+
+@pytest.mark.parametrize("given", [False, True], ids=["looked-up", "given"])
+@pytest.mark.parametrize(("column", "stored", "probe"), NEAR_MISSES)
+async def test_conditions_compare_like_plain_where(
+    db: Pool, mods: tuple[str, dict[str, str]], column: str, stored: Any, probe: Any, given: bool
+) -> None:
+    table, types = mods
+    t, c = sql.ident(table), sql.ident(column)
+    await call(db.execute(sql("INSERT INTO {} (id, {}) VALUES (1, {})", t, c, stored)))
+    plain = await call(db.query(sql("SELECT id FROM {} WHERE {} = {}", t, c, probe)))
+    assert plain == []
+    column_types = {column: types[column]} if given else None
+    for value, ids in ((probe, []), (stored, [{"id": 1}])):  # the stored value does match
+        conditions = [{column: value}]
+        found = await call(
+            db.bulk_select(
+                table, conditions, where_columns=[column], column_types=column_types,
+                select_columns=["id"],
+            )
+        )  # fmt: skip
+        assert found == ids
+        where = pgfast.bulk_condition(
+            conditions, where_columns=[column], column_types={column: types[column]}
+        )
+        assert await call(db.query(sql("SELECT id FROM {} WHERE {}", t, where))) == ids
+    deleted = db.bulk_delete(
+        table, [{column: probe}], where_columns=[column], column_types=column_types
+    )
+    assert await call(deleted) == 0
+    assert await count(db, table) == 1
+
+
+# -- the column type cache follows the table ---------------------------------------------------
+
+
+@pytest.fixture
+async def watched(pg_url: str, flavor: str) -> AsyncIterator[tuple[Pool, list[str], str]]:
+    """A pool that records its type lookups, and a table ``(id int PRIMARY KEY, v int)``."""
+    lookups: list[str] = []
+
+    def started(q: Any, text: str, params: Any) -> None:
+        if "pg_attribute" in text:
+            lookups.append(text)
+
+    name = _name()
+    pool: Pool = (create_pool if flavor == "sync" else create_async_pool)(
+        pg_url, pool_size=2, on_query_start=started
+    )
+    await call(pool.execute(sql("CREATE TABLE {} (id int PRIMARY KEY, v int)", sql.ident(name))))
+    yield pool, lookups, name
+    await call(pool.execute(sql("DROP TABLE IF EXISTS {}", sql.ident(name))))
+    await call(pool.dispose())
+
+
+async def recreate(db: Pool, table: str, columns: str) -> None:
+    t = sql.ident(table)
+    await call(db.execute(sql("DROP TABLE {}; CREATE TABLE {} ({})", t, t, sql.unsafe(columns))))
+
+
+async def rows_of(db: Pool, table: str) -> list[Any]:
+    return list(await call(db.query(sql("SELECT * FROM {} ORDER BY id", sql.ident(table)))))
+
+
+@pytest.mark.parametrize("flavor", ["sync", "async"])
+async def test_cache_sees_an_added_column(watched: tuple[Pool, list[str], str]) -> None:
+    db, lookups, table = watched
+    await call(db.bulk_insert(table, [{"id": 1, "v": 1}]))
+    await call(db.execute(sql("ALTER TABLE {} ADD COLUMN extra int", sql.ident(table))))
+    await call(db.bulk_insert(table, [{"id": 2, "extra": 20}]))
+    assert len(lookups) == 2
+    assert await call(db.copy_in(table, [(3, 3, 30)])) == 1  # tuples of the new width
+    assert await call(db.bulk_select(table, [{"extra": 30}], where_columns=["extra"])) == [
+        {"id": 3, "v": 3, "extra": 30}
+    ]
+    assert len(lookups) == 2  # the refreshed entry is cached again
+    assert await rows_of(db, table) == [
+        {"id": 1, "v": 1, "extra": None},
+        {"id": 2, "v": None, "extra": 20},
+        {"id": 3, "v": 3, "extra": 30},
+    ]
+
+
+@pytest.mark.parametrize("flavor", ["sync", "async"])
+async def test_cache_sees_a_renamed_column(watched: tuple[Pool, list[str], str]) -> None:
+    db, lookups, table = watched
+    await call(db.bulk_insert(table, [{"id": 1, "v": 1}]))
+    await call(db.execute(sql("ALTER TABLE {} RENAME COLUMN v TO w", sql.ident(table))))
+    await call(db.bulk_insert(table, [{"id": 2, "w": 2}]))
+    with pytest.raises(ValueError, match=r"'v': table .* has no such column"):
+        await call(db.bulk_insert(table, [{"id": 3, "v": 3}]))
+    # Each unknown name gets one look (the column may have been added meanwhile).
+    with pytest.raises(ValueError, match="'v'"):
+        await call(db.bulk_update(
+            table, [{"where": {"id": 1}, "set": {"v": 9}}], where_columns=["id"], set_columns=["v"]
+        ))  # fmt: skip
+    assert await rows_of(db, table) == [{"id": 1, "w": 1}, {"id": 2, "w": 2}]
+    assert len(lookups) == 4
+
+
+@pytest.mark.parametrize("flavor", ["sync", "async"])
+async def test_cache_sees_a_recreated_table(watched: tuple[Pool, list[str], str]) -> None:
+    db, lookups, table = watched
+    await call(db.bulk_insert(table, [{"id": 1, "v": 1}]))
+    await recreate(db, table, "id int PRIMARY KEY, v text")
+    await call(db.bulk_insert(table, [{"id": 1, "v": "one"}, {"id": 2, "v": "two"}]))
+    assert len(lookups) == 2
+    await recreate(db, table, "id int PRIMARY KEY, v int[]")
+    assert await call(db.bulk_update(
+        table, [{"where": {"id": 1}, "set": {"v": [1, 2]}}], where_columns=["id"], set_columns=["v"]
+    )) == 0  # fmt: skip
+    await call(db.bulk_insert(table, [{"id": 1, "v": [1, 2]}]))
+    assert len(lookups) == 3
+    await recreate(db, table, "id int PRIMARY KEY, v text")
+    await call(db.execute(sql("INSERT INTO {} VALUES (1, 'one'), (2, 'two')", sql.ident(table))))
+    found = await call(db.bulk_select(table, [{"v": "two"}], where_columns=["v"]))
+    assert found == [{"id": 2, "v": "two"}]
+    assert await call(db.bulk_delete(table, [{"v": "one"}], where_columns=["v"])) == 1
+    assert len(lookups) == 4
+    await recreate(db, table, "id int PRIMARY KEY, v float8")  # binary COPY of other types
+    assert await call(db.copy_in(table, [{"id": 3, "v": 0.5}])) == 1
+    assert await rows_of(db, table) == [{"id": 3, "v": 0.5}]
+    assert len(lookups) == 5
+
+
+@pytest.mark.parametrize("flavor", ["sync", "async"])
+async def test_errors_not_caused_by_the_cache_are_not_retried(
+    watched: tuple[Pool, list[str], str],
+) -> None:
+    db, lookups, table = watched
+    await call(db.bulk_insert(table, [{"id": 1, "v": 1}]))
+    # Types unchanged: one look, then the server's own error, with nothing written twice.
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation):
+        await call(db.bulk_insert(table, [{"id": 2, "v": 2}, {"id": 3, "v": "three"}]))
+    assert len(lookups) == 2
+    with pytest.raises(psycopg.errors.UniqueViolation):  # not a type problem: no look at all
+        await call(db.bulk_insert(table, [{"id": 1, "v": 1}]))
+    assert len(lookups) == 2
+    await call(db.execute(sql("DROP TABLE {}", sql.ident(table))))
+    with pytest.raises(psycopg.errors.UndefinedTable):
+        await call(db.bulk_insert(table, [{"id": 1, "v": 1}]))
+    assert await call(db.query_value(sql("SELECT to_regclass({})::text", table))) is None
+
+
+@pytest.mark.parametrize("flavor", ["sync"])
+async def test_copy_in_is_not_retried_once_rows_streamed(
+    watched: tuple[Pool, list[str], str],
+) -> None:
+    db, lookups, table = watched
+    await call(db.copy_in(table, [(0, 0)]))
+    await recreate(db, table, "id int PRIMARY KEY, v text")
+    taken: list[int] = []
+
+    def rows() -> Iterator[tuple[int, int]]:
+        for i in range(2_500):  # more than one chunk, sent with the stale int4 type
+            taken.append(i)
+            yield i, i
+
+    with pytest.raises(psycopg.Error):
+        await call(db.copy_in(table, rows()))
+    assert len(taken) == 2_500 and len(lookups) == 1  # a generator cannot be read twice
+    assert (table,) not in db._column_types_cache  # looked up afresh next time
+    assert await call(db.copy_in(table, [(1, "one")])) == 1
+    assert len(lookups) == 2
+    assert await rows_of(db, table) == [{"id": 1, "v": "one"}]
+
+
+def test_cache_refresh_inside_a_transaction(pg_url: str) -> None:
+    with create_pool(pg_url) as pool:
+        name = _name()
+        pool.execute(sql("CREATE TABLE {} (id int PRIMARY KEY, v int)", sql.ident(name)))
+        try:
+            pool.bulk_insert(name, [{"id": 1, "v": 1}])
+            with pool.transaction() as tx:
+                tx.execute(sql("ALTER TABLE {} ALTER COLUMN v TYPE text", sql.ident(name)))
+                tx.bulk_insert(name, [{"id": 2, "v": "two"}])  # retried in its savepoint
+                assert tx.bulk_select(name, [{"v": "two"}], where_columns=["v"]) == [
+                    {"id": 2, "v": "two"}
+                ]
+            assert pool.query(sql("SELECT * FROM {} ORDER BY id", sql.ident(name))) == [
+                {"id": 1, "v": "1"},
+                {"id": 2, "v": "two"},
+            ]
+        finally:
+            pool.execute(sql("DROP TABLE {}", sql.ident(name)))
 
 
 # -- array literal round trips ----------------------------------------------------------------

@@ -313,6 +313,39 @@ def test_array_column_bad_value(value: Any, message: str) -> None:
 
 
 @pytest.mark.nodb
+@pytest.mark.parametrize(
+    ("given", "cast"),
+    [
+        ("varchar(5)", "varchar"),
+        ("character varying(5)[]", "character varying[]"),
+        ("char(2)", "bpchar"),  # a bare ``char`` would be char(1)
+        ("character(2) ARRAY", "bpchar ARRAY"),
+        ("char", "bpchar"),
+        ("national character(3)", "bpchar"),
+        ('"char"', '"char"'),  # the one-byte type, not character
+        ("bit(3)[]", '"bit"[]'),
+        ("bit varying(3)", "bit varying"),
+        ("numeric(10, 2)", "numeric"),
+        ("Numeric(10)[][]", "Numeric[][]"),
+        ("timestamp(3) with time zone", "timestamp with time zone"),
+        ("interval day to second(3)", "interval"),
+        ("float(24)", "real"),
+        ("float(53)[]", "double precision[]"),
+        ("float(54)", "float(54)"),  # out of range: the server says so
+        ('app."My(1)Type"', 'app."My(1)Type"'),
+        ("text", "text"),
+    ],
+)
+def test_given_types_lose_their_modifiers(given: str, cast: str) -> None:
+    # A cast applies a modifier by truncating or rounding; the column enforces it instead.
+    plan = _bulk.plan_insert("t", [{"a": None}], column_types={"a": given})
+    ((text, _),) = texts(plan)
+    # Array columns travel as text[] of literals, cast back per row.
+    unnest = f"$1::text[])::{cast}" if cast.endswith(("]", "ARRAY")) else f"$1::{cast}[])"
+    assert text == f'INSERT INTO "t" ("a") SELECT unnest({unnest}'
+
+
+@pytest.mark.nodb
 def test_types_looked_up_and_merged() -> None:
     plan = _bulk.plan_insert("users", [{"id": 1, "name": "a"}], column_types={"name": "varchar"})
     assert plan.needs_types
@@ -566,6 +599,32 @@ def read_back(conn: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 def expected(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     # JSON null in a jsonb column is sent as SQL NULL, like every None.
     return [{k: v for k, v in r.items() if v is not None} for r in records]
+
+
+def test_looked_up_types_are_unmodified_base_types(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE DOMAIN bulk_test.short AS varchar(5) CHECK (VALUE <> 'bad')")
+    conn.execute("CREATE DOMAIN bulk_test.shorter AS bulk_test.short")
+    conn.execute("CREATE DOMAIN bulk_test.ints AS int4[]")
+    conn.execute(
+        "CREATE TABLE bulk_test.mods (a varchar(5), b char(2)[], c numeric(5,2), d bit(3), "
+        "e bulk_test.short, f bulk_test.shorter[], g bulk_test.ints, h interval day, i real)"
+    )
+    table = _bulk.parse_table("bulk_test.mods")
+    info = _bulk.table_info(table, run(conn, [_bulk.column_types_query(table)]))
+    assert info.columns == tuple("abcdefghi")
+    assert dict(info.types) == {
+        "a": "character varying",
+        "b": "bpchar[]",
+        "c": "numeric",
+        "d": '"bit"',
+        "e": "character varying",
+        "f": "character varying[]",
+        "g": "integer[]",
+        "h": "interval",
+        "i": "real",
+    }
+    own = run(conn, [sql("SELECT 'bulk_test.shorter[]'::regtype::oid::int8")])[0][0]
+    assert info.oids["f"] == own  # COPY sends the column's own type
 
 
 def test_insert_every_type_round_trips(conn: psycopg.Connection[Any]) -> None:
