@@ -113,6 +113,7 @@ def test_python_block(block: Block) -> None:
 
 
 @pytest.mark.nodb
+@pytest.mark.repo
 def test_docs_exist() -> None:
     assert len(PYTHON_BLOCKS) >= 30, "the guide lost its examples"
     expected = {
@@ -123,6 +124,7 @@ def test_docs_exist() -> None:
 
 
 @pytest.mark.nodb
+@pytest.mark.repo
 def test_index_lists_every_page() -> None:
     linked = set(LINK.findall((DOCS / "index.md").read_text(encoding="utf-8")))
     missing = {p.name for p in PAGES} - linked - {"index.md"}
@@ -130,6 +132,7 @@ def test_index_lists_every_page() -> None:
 
 
 @pytest.mark.nodb
+@pytest.mark.repo
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
 def test_relative_links_resolve(page: Path) -> None:
     for target in LINK.findall(page.read_text(encoding="utf-8")):
@@ -139,6 +142,7 @@ def test_relative_links_resolve(page: Path) -> None:
 
 
 @pytest.mark.nodb
+@pytest.mark.repo
 def test_code_fences_name_their_language() -> None:
     unnamed = [f"{b.page}:{b.line}" for blocks in ALL_BLOCKS.values() for b in blocks
                if not b.language]  # fmt: skip
@@ -160,6 +164,7 @@ def _pgfast_commands() -> list[tuple[str, list[str]]]:
 
 
 @pytest.mark.nodb
+@pytest.mark.repo
 def test_shell_examples_use_real_pgfast_commands() -> None:
     from pgfast.cli import build_parser
 

@@ -10,7 +10,7 @@ from types import ModuleType
 
 import pytest
 
-pytestmark = pytest.mark.nodb
+pytestmark = [pytest.mark.nodb, pytest.mark.repo]
 
 ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "async_to_sync.py"

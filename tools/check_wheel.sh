@@ -192,7 +192,7 @@ EOF
 run_nodb_tests() {
   local venv=$1 rc=0
   shift
-  (cd "$work/run" && env "$@" "$venv/bin/python" -m pytest -m nodb -p no:cacheprovider -q tests) \
+  (cd "$work/run" && env "$@" "$venv/bin/python" -m pytest -m "nodb and not repo" -p no:cacheprovider -q tests) \
     || rc=$?
   case $rc in
     0) ;;
