@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -303,4 +304,28 @@ def test_interpreter_exit_stops_a_forgotten_cluster() -> None:
         child.stdin.write("\n")
         child.stdin.close()
         assert child.wait(timeout=60) == 0
+    assert_gone(directory, pids)
+
+
+@pytest.mark.parametrize("how", [signal.SIGTERM, signal.SIGKILL], ids=["sigterm", "sigkill"])
+def test_a_killed_owner_leaves_nothing_running(how: signal.Signals) -> None:
+    # Finalizers and atexit never run here: the cluster's watchdog stops it.
+    script = (
+        "from pgfast.testing import LocalCluster\n"
+        "from pgfast.testing._local import _templates\n"
+        "cluster = LocalCluster(replicas=1).start()\n"
+        "template = next(iter(_templates.values())).root\n"
+        "print(cluster.directory, template, flush=True)\n"
+        "input()\n"
+    )
+    with subprocess.Popen(
+        [sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdout is not None
+        directory, template = map(Path, child.stdout.readline().split())
+        pids = cluster_pids(directory)
+        assert len(pids) >= 2 and template.exists()
+        child.send_signal(how)
+        assert child.wait(timeout=10) != 0
+    eventually(lambda: not directory.exists() and not template.exists(), timeout=30)
     assert_gone(directory, pids)

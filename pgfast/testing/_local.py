@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import weakref
@@ -259,6 +260,7 @@ def _poll(what: str, check: Callable[[], T | None], timeout: float) -> T:
 
 @dataclass(frozen=True)
 class _Template:
+    root: Path
     path: Path
     password: str
 
@@ -296,7 +298,7 @@ def _template(bindir: Path, run_as: _RunAs) -> _Template:
         with (data / "postgresql.conf").open("a") as conf:
             conf.write(f"\ninclude '{_CONF_NAME}'\n")
         _write(data / "pg_hba.conf", _HBA, run_as)
-        _templates[key] = _Template(data, password)
+        _templates[key] = _Template(root, data, password)
     return _templates[key]
 
 
@@ -395,6 +397,45 @@ class _Runtime:
         return cls(Path(raw["root"]), Path(raw["bindir"]), raw["uid"], raw["gid"], nodes)
 
 
+class _Watchdog:
+    """The ``_watchdog`` child process of a started cluster (see that module)."""
+
+    def __init__(self, runtime: _Runtime, also_remove: list[Path]) -> None:
+        state = {
+            "root": str(runtime.root),
+            "bindir": str(runtime.bindir),
+            "uid": runtime.uid,
+            "gid": runtime.gid,
+            "also_remove": [str(p) for p in also_remove],
+        }
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "pgfast.testing._watchdog"],
+            stdin=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        assert self._process.stdin is not None
+        self._process.stdin.write(json.dumps(state) + "\n")
+        self._process.stdin.flush()
+
+    def release(self) -> None:
+        """The owner stopped (or detached) the cluster itself: the watchdog exits."""
+        stdin = self._process.stdin
+        if stdin is not None and not stdin.closed:
+            with contextlib.suppress(OSError):
+                stdin.write("done\n")
+                stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self._process.wait(timeout=5)
+
+
+def _stop(runtime: _Runtime, watchdog: _Watchdog) -> None:
+    try:
+        runtime.stop()
+    finally:
+        watchdog.release()
+
+
 def stop_from_state(state: str) -> None:
     """Stop a cluster left running by ``LocalCluster.detach()``, given its state."""
     _Runtime.from_json(state).stop()
@@ -417,7 +458,8 @@ class LocalCluster:
         self._replicas = replicas
         self._runtime: _Runtime | None = None
         self._password = ""
-        self._finalizer: weakref.finalize[[], LocalCluster] | None = None
+        self._finalizer: weakref.finalize[[_Runtime, _Watchdog], LocalCluster] | None = None
+        self._watchdog: _Watchdog | None = None
         self._stopped = False
 
     # -- lifecycle
@@ -432,7 +474,10 @@ class LocalCluster:
         root = Path(tempfile.mkdtemp(prefix="pgfast-"))
         run_as.chown(root)
         runtime = _Runtime(root, bindir, run_as.uid, run_as.gid)
-        self._finalizer = weakref.finalize(self, runtime.stop)
+        # Finalizers and atexit do not run when this process is killed: the
+        # watchdog child then stops the servers and removes the temp dirs.
+        self._watchdog = _Watchdog(runtime, also_remove=[template.root])
+        self._finalizer = weakref.finalize(self, _stop, runtime, self._watchdog)
         self._runtime, self._password = runtime, template.password
         try:
             primary = _Node("primary", root / "primary")
@@ -463,6 +508,8 @@ class LocalCluster:
         runtime = self._require()
         if self._finalizer is not None:
             self._finalizer.detach()
+        if self._watchdog is not None:
+            self._watchdog.release()
         return runtime.to_json()
 
     def __enter__(self) -> LocalCluster:
