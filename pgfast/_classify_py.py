@@ -18,8 +18,9 @@ from __future__ import annotations
 
 __all__ = ["WRITE_FUNCTIONS", "WRITE_FUNCTION_PREFIXES", "is_read_only"]
 
-#: Functions that write, lock, have session side effects or run only on a
-#: primary. A call (name followed by ``(``) to one makes a statement a write.
+#: Functions that write, lock, have session side effects, run SQL given as
+#: text (whatever it does) or run only on a primary. A call (name followed by
+#: ``(``) to one makes a statement a write.
 #: Unquoted names are matched after ASCII lower-casing, quoted ones exactly.
 WRITE_FUNCTIONS: frozenset[str] = frozenset(
     {
@@ -43,6 +44,12 @@ WRITE_FUNCTIONS: frozenset[str] = frozenset(
         "pg_truncate_visibility_map", "gin_clean_pending_list", "pg_stat_statements_reset",
         "pg_set_relation_stats", "pg_clear_relation_stats", "pg_restore_relation_stats",
         "pg_set_attribute_stats", "pg_clear_attribute_stats", "pg_restore_attribute_stats",
+        # run SQL given as text, which may lock or change session state even on a
+        # standby (ts_rewrite: only its (tsquery, text) form does, all go here)
+        "ts_stat", "ts_rewrite",
+        "connectby", "xpath_table",  # tablefunc, xml2
+        # amcheck: its ShareLock is refused during recovery (bt_index_check only reads)
+        "bt_index_parent_check",
     }
 )  # fmt: skip
 
@@ -63,6 +70,10 @@ WRITE_FUNCTION_PREFIXES: tuple[str, ...] = (
     "brin_summarize_",
     "brin_desummarize_",
     "dblink",  # runs arbitrary SQL elsewhere, holds named connections
+    "query_to_xml",  # query_to_xml, query_to_xmlschema, query_to_xml_and_xmlschema: run SQL text
+    "cursor_to_xml",  # cursor_to_xml, cursor_to_xmlschema: fetch from a cursor
+    "crosstab",  # tablefunc's crosstab, crosstab2/3/4: run SQL text
+    "heap_force_",  # pg_surgery: heap_force_kill, heap_force_freeze
 )
 
 # Token kinds. Unquoted words are _WORD or, from _SELECT on, a keyword.

@@ -48,7 +48,7 @@ from ._pool_async import (
     AsyncTransaction,
     _AsyncQueryable,
 )
-from ._pool_common import IsolationLevel, Row, SQLQuery, check_queries, not_a_query
+from ._pool_common import IsolationLevel, Row, SQLQuery, _isolation, check_queries, not_a_query
 
 Records = Sequence[Any]
 
@@ -56,6 +56,14 @@ T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
 Operation = Callable[[_AsyncQueryable], Awaitable[T]]
 ProbeConnection = psycopg.AsyncConnection[Any]
+
+
+def _replica_tx(isolation_level: IsolationLevel | str | None, read_only: bool | None) -> bool:
+    """Whether a transaction with these options may run on a replica: a standby
+    refuses SERIALIZABLE (SQLSTATE 0A000), so only other read-only ones may."""
+    return bool(read_only) and (
+        isolation_level is None or _isolation(isolation_level) != IsolationLevel.SERIALIZABLE.value
+    )
 
 
 def _host(db: _AsyncQueryable) -> AsyncConnectionPool | AsyncConnection:
@@ -189,9 +197,11 @@ class AsyncCluster:
         lock_timeout: float | None = None,
         idle_in_transaction_session_timeout: float | None = None,
     ) -> T:
-        """Run ``fn(tx)`` in a transaction: on a replica when ``read_only``, else the primary.
+        """Run ``fn(tx)`` in a transaction: on a replica when ``read_only`` (and not
+        SERIALIZABLE, which a standby cannot run), else on the primary.
 
-        A replica that fails before ``fn`` starts is replaced by another node.
+        A replica that fails or refuses the transaction before ``fn`` starts is
+        replaced by another node or the primary.
         """
         started = False
 
@@ -212,7 +222,7 @@ class AsyncCluster:
                 idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
             )
 
-        return await self._route(op, bool(read_only), lambda: started)
+        return await self._route(op, _replica_tx(isolation_level, read_only), lambda: started)
 
     @asynccontextmanager
     async def transaction(
@@ -225,7 +235,8 @@ class AsyncCluster:
         lock_timeout: float | None = None,
         idle_in_transaction_session_timeout: float | None = None,
     ) -> AsyncIterator[AsyncTransaction]:
-        """One transaction attempt: on a replica when ``read_only``, else on the primary."""
+        """One transaction attempt: on a replica when ``read_only`` (and not
+        SERIALIZABLE), else on the primary."""
         options: dict[str, Any] = {
             "isolation_level": isolation_level,
             "read_only": read_only,
@@ -235,7 +246,7 @@ class AsyncCluster:
             "idle_in_transaction_session_timeout": idle_in_transaction_session_timeout,
         }
         self._check_open()
-        if read_only:
+        if _replica_tx(isolation_level, read_only):
             exclude = 0
             while (i := await self._pick(exclude)) >= 0:
                 block = self._replicas[i].transaction(**options)
@@ -243,8 +254,11 @@ class AsyncCluster:
                     tx = await block.__aenter__()
                 except Exception as exc:
                     self._state.selector.release(i)
-                    if classify_failure(exc) is not Failure.NODE_DOWN:
+                    failure = classify_failure(exc)
+                    if failure is Failure.QUERY_ERROR:
                         raise
+                    if failure is Failure.RERUN_ON_PRIMARY:
+                        break  # refused before the block started: the primary runs it
                     self._state.mark_down(i, str(exc))
                     exclude |= 1 << i
                     continue
@@ -261,7 +275,8 @@ class AsyncCluster:
                 finally:
                     self._state.selector.release(i)
                 return
-            self._state.no_replica()
+            else:
+                self._state.no_replica()
         self._state.count_query(None)
         async with self._writer() as db, _host(db).transaction(**options) as tx:
             yield tx
@@ -377,9 +392,8 @@ class AsyncCluster:
     ) -> T:
         """Run ``op`` on a replica for a read, else (or as a fallback) on the primary.
 
-        ``started`` is given for transactions: they are retried elsewhere only
-        when the user's function has not started, and never re-run on the primary
-        because a replica refused a write (that was the caller's choice).
+        ``started`` is given for transactions: once the user's function has
+        started they are neither retried elsewhere nor re-run on the primary.
         """
         self._check_open()
         state = self._state
@@ -392,13 +406,14 @@ class AsyncCluster:
                     failure = classify_failure(exc)
                     if failure is Failure.QUERY_ERROR:
                         raise
+                    user_code_ran = started is not None and started()
                     if failure is Failure.RERUN_ON_PRIMARY:
-                        if started is not None:
+                        if user_code_ran:
                             raise
-                        read = False  # the replica refused it as a write
+                        read = False  # only the primary can run it
                         break
                     state.mark_down(i, str(exc))
-                    if started is not None and started():
+                    if user_code_ran:
                         raise
                     exclude |= 1 << i
                     continue

@@ -68,10 +68,12 @@ def probe_row(results: Sequence[PGresult]) -> list[str | None]:
     ]
 
 
-# Replica errors that say "this statement writes" or "this replica could not
-# finish a read because of replay" (recovery conflicts): the replica wrote
-# nothing, so the primary runs the statement again.
-RERUN_ON_PRIMARY = frozenset({"25006", "40001", "40P01"})
+# Replica errors that say "only the primary can run this": a write (25006),
+# something a standby does not support (0A000: reading an unlogged table,
+# SERIALIZABLE), or a read that replay got in the way of (recovery conflicts:
+# 40001, 40P01, and 55P03 when lock_timeout expired behind replay's locks).
+# The replica wrote nothing, so the primary runs the statement again.
+RERUN_ON_PRIMARY = frozenset({"25006", "0A000", "40001", "40P01", "55P03"})
 
 # The read-your-writes position of each cluster in the current context (thread
 # or task). One variable for all clusters, holding a mapping weakly keyed by
@@ -118,17 +120,28 @@ class Failure(enum.Enum):
 
 
 def classify_failure(exc: BaseException) -> Failure:
-    """Whether ``exc`` from a replica is the node's fault, a refused write, or the query's."""
+    """Whether ``exc`` from a replica is the node's fault, a refused write, or the query's.
+
+    The node is down only when it cannot be reached or used: no pool
+    connection, a lost connection (psycopg reports no SQLSTATE), a
+    connection exception (class 08) or a server shutting down or refusing
+    connections (57P01 to 57P05). Other server errors are the query's own,
+    although psycopg makes classes 53 to 58 ``OperationalError`` (out of
+    memory, a program limit, a statement timeout...); ``RERUN_ON_PRIMARY``
+    ones send the statement to the primary.
+    """
     if isinstance(exc, (PoolTimeoutError, PoolClosedError)):
         return Failure.NODE_DOWN
-    if isinstance(exc, psycopg.Error):
-        if exc.sqlstate in RERUN_ON_PRIMARY:
-            return Failure.RERUN_ON_PRIMARY
-        # A statement_timeout (57014) is the query's own doing, not the node's.
-        if isinstance(exc, psycopg.errors.QueryCanceled):
-            return Failure.QUERY_ERROR
-        if isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)):
-            return Failure.NODE_DOWN
+    if not isinstance(exc, psycopg.Error):
+        return Failure.QUERY_ERROR
+    sqlstate = exc.sqlstate
+    if sqlstate is None:  # not from the server: a lost connection, or a client-side error
+        lost = isinstance(exc, psycopg.OperationalError)
+        return Failure.NODE_DOWN if lost else Failure.QUERY_ERROR
+    if sqlstate in RERUN_ON_PRIMARY:
+        return Failure.RERUN_ON_PRIMARY
+    if sqlstate.startswith(("08", "57P")):
+        return Failure.NODE_DOWN
     return Failure.QUERY_ERROR
 
 

@@ -42,7 +42,7 @@ from ._cluster_common import (
     probe_timeout,
 )
 from ._exceptions import PoolClosedError
-from ._pool_common import IsolationLevel, Row, SQLQuery, check_queries, not_a_query
+from ._pool_common import IsolationLevel, Row, SQLQuery, _isolation, check_queries, not_a_query
 from ._pool_sync import (
     Connection,
     ConnectionPool,
@@ -56,6 +56,14 @@ T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
 Operation = Callable[[_Queryable], T]
 ProbeConnection = psycopg.Connection[Any]
+
+
+def _replica_tx(isolation_level: IsolationLevel | str | None, read_only: bool | None) -> bool:
+    """Whether a transaction with these options may run on a replica: a standby
+    refuses SERIALIZABLE (SQLSTATE 0A000), so only other read-only ones may."""
+    return bool(read_only) and (
+        isolation_level is None or _isolation(isolation_level) != IsolationLevel.SERIALIZABLE.value
+    )
 
 
 def _host(db: _Queryable) -> ConnectionPool | Connection:
@@ -189,9 +197,11 @@ class Cluster:
         lock_timeout: float | None = None,
         idle_in_transaction_session_timeout: float | None = None,
     ) -> T:
-        """Run ``fn(tx)`` in a transaction: on a replica when ``read_only``, else the primary.
+        """Run ``fn(tx)`` in a transaction: on a replica when ``read_only`` (and not
+        SERIALIZABLE, which a standby cannot run), else on the primary.
 
-        A replica that fails before ``fn`` starts is replaced by another node.
+        A replica that fails or refuses the transaction before ``fn`` starts is
+        replaced by another node or the primary.
         """
         started = False
 
@@ -212,7 +222,7 @@ class Cluster:
                 idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
             )
 
-        return self._route(op, bool(read_only), lambda: started)
+        return self._route(op, _replica_tx(isolation_level, read_only), lambda: started)
 
     @contextmanager
     def transaction(
@@ -225,7 +235,8 @@ class Cluster:
         lock_timeout: float | None = None,
         idle_in_transaction_session_timeout: float | None = None,
     ) -> Iterator[Transaction]:
-        """One transaction attempt: on a replica when ``read_only``, else on the primary."""
+        """One transaction attempt: on a replica when ``read_only`` (and not
+        SERIALIZABLE), else on the primary."""
         options: dict[str, Any] = {
             "isolation_level": isolation_level,
             "read_only": read_only,
@@ -235,7 +246,7 @@ class Cluster:
             "idle_in_transaction_session_timeout": idle_in_transaction_session_timeout,
         }
         self._check_open()
-        if read_only:
+        if _replica_tx(isolation_level, read_only):
             exclude = 0
             while (i := self._pick(exclude)) >= 0:
                 block = self._replicas[i].transaction(**options)
@@ -243,8 +254,11 @@ class Cluster:
                     tx = block.__enter__()
                 except Exception as exc:
                     self._state.selector.release(i)
-                    if classify_failure(exc) is not Failure.NODE_DOWN:
+                    failure = classify_failure(exc)
+                    if failure is Failure.QUERY_ERROR:
                         raise
+                    if failure is Failure.RERUN_ON_PRIMARY:
+                        break  # refused before the block started: the primary runs it
                     self._state.mark_down(i, str(exc))
                     exclude |= 1 << i
                     continue
@@ -261,7 +275,8 @@ class Cluster:
                 finally:
                     self._state.selector.release(i)
                 return
-            self._state.no_replica()
+            else:
+                self._state.no_replica()
         self._state.count_query(None)
         with self._writer() as db, _host(db).transaction(**options) as tx:
             yield tx
@@ -369,9 +384,8 @@ class Cluster:
     def _route(self, op: Operation[T], read: bool, started: Callable[[], bool] | None = None) -> T:
         """Run ``op`` on a replica for a read, else (or as a fallback) on the primary.
 
-        ``started`` is given for transactions: they are retried elsewhere only
-        when the user's function has not started, and never re-run on the primary
-        because a replica refused a write (that was the caller's choice).
+        ``started`` is given for transactions: once the user's function has
+        started they are neither retried elsewhere nor re-run on the primary.
         """
         self._check_open()
         state = self._state
@@ -384,13 +398,14 @@ class Cluster:
                     failure = classify_failure(exc)
                     if failure is Failure.QUERY_ERROR:
                         raise
+                    user_code_ran = started is not None and started()
                     if failure is Failure.RERUN_ON_PRIMARY:
-                        if started is not None:
+                        if user_code_ran:
                             raise
-                        read = False  # the replica refused it as a write
+                        read = False  # only the primary can run it
                         break
                     state.mark_down(i, str(exc))
-                    if started is not None and started():
+                    if user_code_ran:
                         raise
                     exclude |= 1 << i
                     continue

@@ -107,6 +107,7 @@ READS = [
     'SELECT \'ünïcödé 🐘\', "ünïcödé" FROM (SELECT 1 AS "ünïcödé") x',
     "SELECT 1 AS a$b",
     "SELECT pg_catalog.lower('X')",
+    "SELECT table_to_xml('t', true, true, '')",  # a table's rows, no SQL text
 ]
 
 WRITES = [
@@ -194,6 +195,21 @@ WRITES = [
     "SELECT pg_logical_emit_message(true, 'p', 'x')",
     "SELECT pg_current_wal_lsn()",
     "SELECT * FROM t WHERE id = nextval('s')",
+    # functions that run SQL given as text: whatever it does, even on a standby
+    "SELECT query_to_xml('select pg_advisory_lock(42)', true, true, '')",
+    "SELECT pg_catalog.query_to_xmlschema('select 1', true, true, '')",
+    "SELECT query_to_xml_and_xmlschema('select 1', true, true, '')",
+    "SELECT cursor_to_xml('c', 1, true, true, '')",
+    "SELECT cursor_to_xmlschema('c', true, true, '')",
+    "SELECT * FROM ts_stat('select to_tsvector(pg_advisory_lock(43)::text)')",
+    "SELECT ts_rewrite('a'::tsquery, 'SELECT t, s FROM aliases')",
+    "SELECT * FROM crosstab('select 1, 2, 3') AS ct(a int, b int)",
+    "SELECT * FROM connectby('t', 'id', 'b', '1', 0) AS c(id int, b int, level int)",
+    "SELECT * FROM dblink('dbname=x', 'select 1') AS d(a int)",
+    # extension functions that write or take locks a standby refuses
+    "SELECT heap_force_kill('t'::regclass, ARRAY['(0,1)']::tid[])",
+    "SELECT heap_force_freeze('t'::regclass, ARRAY['(0,1)']::tid[])",
+    "SELECT bt_index_parent_check('t_pkey')",
     "VALUES (nextval('s'))",
     "WITH x AS (SELECT setval('s', 1)) SELECT 1",
     # row locks, SELECT INTO, data-modifying CTEs
@@ -511,3 +527,25 @@ def test_reads_run_on_a_hot_standby(standby_url: str) -> None:
     assert failures == {}
     assert refused == dict.fromkeys(REFUSED, b"25006")
     assert set(REFUSED) <= set(WRITES)
+
+
+# Functions that run SQL text: a standby accepts them (even in a READ ONLY
+# transaction) whatever that SQL does, so only the classifier keeps them off it.
+SQL_TEXT_RUNNERS = (
+    "SELECT query_to_xml('select pg_advisory_xact_lock(42)', true, true, '')",
+    "SELECT count(*) FROM ts_stat('select to_tsvector(pg_advisory_xact_lock(43)::text)')",
+    "SELECT query_to_xml('select set_config(''search_path'', ''evil'', true)', true, true, '')",
+)
+
+
+@pytest.mark.parametrize("text", SQL_TEXT_RUNNERS)
+def test_functions_running_sql_text_are_writes_a_standby_would_run(
+    impl: str, standby_url: str, text: str
+) -> None:
+    assert twin("_classify", impl).is_read_only(text) is False
+    conn = pq.PGconn.connect(standby_url.encode())
+    try:
+        result = _run_read_only(conn, text)
+    finally:
+        conn.finish()
+    assert result.status == pq.ExecStatus.TUPLES_OK, (result.error_message or b"").decode()

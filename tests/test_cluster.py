@@ -25,7 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import pgfast
-from pgfast import _impl
+from pgfast import _cluster_sync, _impl
 from pgfast._cluster_common import (
     STATUS_SQL,
     ClusterState,
@@ -217,17 +217,43 @@ def test_lsn_parsing() -> None:
         parse_lsn(5)  # type: ignore[arg-type]
 
 
+E = psycopg.errors
+FAILURES: list[tuple[BaseException, Failure]] = [
+    # the node cannot be reached or used
+    (pgfast.PoolTimeoutError("busy"), Failure.NODE_DOWN),
+    (pgfast.PoolClosedError("closed"), Failure.NODE_DOWN),
+    (psycopg.OperationalError("server closed the connection unexpectedly"), Failure.NODE_DOWN),
+    (E.ConnectionFailure(), Failure.NODE_DOWN),  # 08006
+    (E.ProtocolViolation(), Failure.NODE_DOWN),  # 08P01
+    (E.AdminShutdown(), Failure.NODE_DOWN),  # 57P01
+    (E.CrashShutdown(), Failure.NODE_DOWN),  # 57P02
+    (E.CannotConnectNow(), Failure.NODE_DOWN),  # 57P03
+    (E.DatabaseDropped(), Failure.NODE_DOWN),  # 57P04
+    (E.IdleSessionTimeout(), Failure.NODE_DOWN),  # 57P05
+    # only the primary can run it
+    (E.ReadOnlySqlTransaction(), Failure.RERUN_ON_PRIMARY),  # 25006
+    (E.FeatureNotSupported(), Failure.RERUN_ON_PRIMARY),  # 0A000
+    (E.SerializationFailure(), Failure.RERUN_ON_PRIMARY),  # 40001
+    (E.DeadlockDetected(), Failure.RERUN_ON_PRIMARY),  # 40P01
+    (E.LockNotAvailable(), Failure.RERUN_ON_PRIMARY),  # 55P03
+    # the query's own: psycopg makes classes 53-58 OperationalError, yet the node is fine
+    (E.QueryCanceled(), Failure.QUERY_ERROR),  # 57014
+    (E.OutOfMemory(), Failure.QUERY_ERROR),  # 53200
+    (E.DiskFull(), Failure.QUERY_ERROR),  # 53100
+    (E.ProgramLimitExceeded(), Failure.QUERY_ERROR),  # 54000
+    (E.ObjectNotInPrerequisiteState(), Failure.QUERY_ERROR),  # 55000
+    (E.IoError(), Failure.QUERY_ERROR),  # 58030
+    (E.SyntaxError(), Failure.QUERY_ERROR),
+    (E.UndefinedTable(), Failure.QUERY_ERROR),
+    (psycopg.InterfaceError("the cursor is closed"), Failure.QUERY_ERROR),
+    (ValueError(), Failure.QUERY_ERROR),
+]
+
+
 @nodb
-def test_failure_classification() -> None:
-    assert classify_failure(pgfast.PoolTimeoutError("busy")) is Failure.NODE_DOWN
-    assert classify_failure(psycopg.OperationalError("gone")) is Failure.NODE_DOWN
-    assert classify_failure(psycopg.errors.AdminShutdown()) is Failure.NODE_DOWN
-    assert classify_failure(psycopg.errors.ReadOnlySqlTransaction()) is Failure.RERUN_ON_PRIMARY
-    assert classify_failure(psycopg.errors.SerializationFailure()) is Failure.RERUN_ON_PRIMARY
-    assert classify_failure(psycopg.errors.QueryCanceled()) is Failure.QUERY_ERROR
-    assert classify_failure(psycopg.errors.SyntaxError()) is Failure.QUERY_ERROR
-    assert classify_failure(psycopg.errors.UndefinedTable()) is Failure.QUERY_ERROR
-    assert classify_failure(ValueError()) is Failure.QUERY_ERROR
+@pytest.mark.parametrize(("exc", "expected"), FAILURES, ids=[type(e).__name__ for e, _ in FAILURES])
+def test_failure_classification(exc: BaseException, expected: Failure) -> None:
+    assert classify_failure(exc) is expected
 
 
 @nodb
@@ -301,6 +327,110 @@ def test_query_errors_do_not_take_a_replica_out(db: Cluster, rec: Recorder) -> N
             db.query(sql("/* bad */ SELECT FROM WHERE"))
     assert rec.counts("/* bad */") == [0, 2, 2]  # not retried anywhere
     assert all(r["up"] for r in db.stats()["replicas"])
+
+
+def test_resource_and_limit_errors_do_not_take_a_replica_out(
+    db: Cluster, rec: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # SQLSTATE 54000, an OperationalError to psycopg: the query's fault, not the node's.
+    huge = sql("/* huge */ SELECT array_fill(1, ARRAY[{}::int])", 2_000_000_000)
+    for _ in range(2):
+        with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+            db.query(huge)
+    assert rec.counts("/* huge */") == [0, 1, 1]  # raised, not re-run elsewhere
+    assert all(r["up"] for r in db.stats()["replicas"])
+    assert "left rotation" not in caplog.text
+
+
+def test_functions_running_sql_text_never_reach_a_replica(
+    pg_cluster: LocalCluster, db: Cluster, rec: Recorder
+) -> None:
+    # A standby runs these (advisory locks and set_config work there): the
+    # classifier alone keeps them on the primary.
+    app = f"evil_{uuid.uuid4().hex[:8]}"
+    for text in (
+        "SELECT query_to_xml('select pg_advisory_lock(42)', true, true, '')",
+        "SELECT * FROM ts_stat('select to_tsvector(pg_advisory_lock(43)::text)')",
+        f"SELECT query_to_xml('select set_config(''application_name'', ''{app}'', false)', "
+        "true, true, '')",
+    ):
+        db.query(sql.unsafe("/* sql text */ " + text))
+    assert rec.counts("/* sql text */") == [3, 0, 0]
+    for url in pg_cluster.replica_urls:
+        with psycopg.connect(url, autocommit=True) as conn:
+            locks = (
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid IN (42, 43)"
+            )
+            assert conn.execute(locks).fetchone() == (0,)
+            apps = "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+            assert conn.execute(apps, [app]).fetchone() == (0,)
+
+
+def test_read_only_serializable_transactions_run_on_the_primary(db: Cluster, rec: Recorder) -> None:
+    level = sql.unsafe("/* level */ SELECT current_setting('transaction_isolation')")
+    assert db.tx(lambda tx: tx.query_value(level), read_only=True, isolation_level="serializable")
+    with db.transaction(
+        read_only=True, isolation_level=pgfast.IsolationLevel.SERIALIZABLE, deferrable=True
+    ) as tx:
+        assert tx.query_value(level) == "serializable"
+    assert rec.counts("/* level */") == [2, 0, 0]
+    # Other read-only levels still run on replicas.
+    value = db.tx(
+        lambda tx: tx.query_value(level), read_only=True, isolation_level="repeatable read"
+    )
+    assert value == "repeatable read"
+    assert rec.counts("/* level */")[0] == 2
+    assert rec.errors == [[], [], []]
+
+
+def test_a_transaction_refused_before_it_starts_runs_on_the_primary(
+    db: Cluster, rec: Recorder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Were SERIALIZABLE routed to a replica, its BEGIN would fail there (0A000)
+    # before the function starts: the primary then runs the transaction.
+    monkeypatch.setattr(_cluster_sync, "_replica_tx", lambda level, read_only: bool(read_only))
+    level = sql.unsafe("/* begin */ SELECT current_setting('transaction_isolation')")
+    options: dict[str, Any] = {"read_only": True, "isolation_level": "serializable"}
+    assert db.tx(lambda tx: tx.query_value(level), **options) == "serializable"
+    with db.transaction(**options) as tx:
+        assert tx.query_value(level) == "serializable"
+    assert rec.counts("/* begin */") == [2, 0, 0]
+    assert all(r["up"] for r in db.stats()["replicas"])
+
+
+def test_reads_of_unlogged_tables_run_on_the_primary(
+    pg_cluster: LocalCluster, db: Cluster, rec: Recorder, table: str
+) -> None:
+    unlogged = f"{table}_unlogged"
+    with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE UNLOGGED TABLE {unlogged} AS SELECT g AS id FROM generate_series(1, 5) g"
+        )
+    pg_cluster.wait_for_replicas()
+    try:
+        q = sql.unsafe(f"/* unlogged */ SELECT count(*) FROM {unlogged}")
+        assert db.query_value(q) == 5
+        assert db.query([q, q]) == [[{"count": 5}], [{"count": 5}]]
+        stream = sql.unsafe(f"/* unlogged */ SELECT id FROM {unlogged} ORDER BY id")
+        assert [r["id"] for r in db.query_stream(stream, 2)] == [1, 2, 3, 4, 5]
+        served = rec.counts("/* unlogged */")
+        assert (
+            served[0] == 4 and served[1] + served[2] >= 3
+        )  # every read refused by a replica first
+        assert set(rec.errors[1] + rec.errors[2]) == {"0A000"}
+        assert all(r["up"] for r in db.stats()["replicas"])
+        # Once the function has started on the replica, its error is raised.
+        with pytest.raises(psycopg.errors.FeatureNotSupported):
+            db.tx(lambda tx: tx.query_value(q), read_only=True)
+        with (
+            pytest.raises(psycopg.errors.FeatureNotSupported),
+            db.transaction(read_only=True) as tx,
+        ):
+            tx.query_value(q)
+        assert rec.counts("/* unlogged */")[0] == 4
+    finally:
+        with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE {unlogged}")
 
 
 def test_a_write_refused_by_a_replica_runs_on_the_primary(

@@ -108,6 +108,56 @@ async def test_a_write_refused_by_a_replica_runs_on_the_primary(
         conn.execute(f"DROP FUNCTION {function}")
 
 
+async def test_reads_only_the_primary_can_serve(
+    pg_cluster: LocalCluster,
+    db: AsyncCluster,
+    rec: Recorder,
+    table: str,  # noqa: F811
+) -> None:
+    """Read-only SERIALIZABLE transactions and reads of unlogged tables (0A000 on a standby)."""
+    level = sql.unsafe("/* level */ SELECT current_setting('transaction_isolation')")
+
+    async def read_level(tx: Any) -> Any:
+        return await tx.query_value(level)
+
+    assert await db.tx(read_level, read_only=True, isolation_level="serializable") == "serializable"
+    async with db.transaction(read_only=True, isolation_level="SERIALIZABLE") as tx:
+        assert await tx.query_value(level) == "serializable"
+    assert rec.counts("/* level */") == [2, 0, 0]
+
+    unlogged = f"{table}_unlogged"
+    with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE UNLOGGED TABLE {unlogged} AS SELECT g AS id FROM generate_series(1, 3) g"
+        )
+    pg_cluster.wait_for_replicas()
+    try:
+        q = sql.unsafe(f"/* unlogged */ SELECT id FROM {unlogged} ORDER BY id")
+        assert await db.query(q) == [{"id": 1}, {"id": 2}, {"id": 3}]
+        assert [r["id"] async for r in db.query_stream(q, 2)] == [1, 2, 3]
+        assert rec.counts("/* unlogged */")[0] == 2
+        assert set(rec.errors[1] + rec.errors[2]) == {"0A000"}
+
+        async def read(tx: Any) -> Any:
+            return await tx.query(q)
+
+        with pytest.raises(psycopg.errors.FeatureNotSupported):  # the function had started
+            await db.tx(read, read_only=True)
+        assert rec.counts("/* unlogged */")[0] == 2
+        assert all(r["up"] for r in db.stats()["replicas"])
+    finally:
+        with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+            conn.execute(f"DROP TABLE {unlogged}")
+
+
+async def test_resource_errors_do_not_take_a_replica_out(db: AsyncCluster, rec: Recorder) -> None:
+    huge = sql("/* huge */ SELECT array_fill(1, ARRAY[{}::int])", 2_000_000_000)
+    with pytest.raises(psycopg.errors.ProgramLimitExceeded):
+        await db.query(huge)
+    assert rec.counts("/* huge */") == [0, 1, 0]
+    assert all(r["up"] for r in db.stats()["replicas"])
+
+
 async def test_stopped_replica_fails_none_of_50_tasks(
     pg_cluster: LocalCluster, rec: Recorder
 ) -> None:
