@@ -5,14 +5,24 @@ interleaved with ``values`` (one fewer), each a bound parameter or a spliced
 ``SQLQuery``. Composing only stores references; ``format()`` walks the tree
 once, without recursion so that deep trees are fine, numbers the parameters
 ``$1..$n`` in order of appearance and caches the result on the query.
+
+A ``$n`` must not touch a word character (letter, digit, ``_``, ``$`` or any
+non-ASCII character): PostgreSQL would read ``$1`` followed by ``0`` as
+``$10`` and ``x`` followed by ``$1`` as the identifier ``x$1``. ``format()``
+raises ``ValueError`` there rather than rendering something else, because
+any separator it inserted could itself change what the SQL means; the caller
+adds a space or a cast. The check only looks at the characters next to each
+emitted ``$n``.
 """
 
 from __future__ import annotations
 
+import string
 import sys
 from _string import formatter_parser  # type: ignore[import-not-found]
+from codecs import BOM_UTF8
 from collections.abc import Iterable
-from os import PathLike
+from os import PathLike, fspath
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol, cast
 
@@ -63,11 +73,11 @@ class SQLQuery:
     values, so it is safe to log.
     """
 
-    __slots__ = ("_literals", "_params", "_text", "_values")
+    __slots__ = ("_formatted", "_literals", "_values")
     _literals: tuple[str, ...]
     _values: tuple[Any, ...]
-    _text: str | None
-    _params: list[Any]
+    # Text and params in one slot, set once: a thread never sees half of them.
+    _formatted: tuple[str, list[Any]] | None
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("SQLQuery objects are built with pgfast.sql(...)")
@@ -82,13 +92,16 @@ class SQLQuery:
         raise AttributeError("SQLQuery objects are immutable")
 
     def format(self) -> tuple[str, list[Any]]:
-        """The SQL text with ``$1..$n`` placeholders, and the parameter values in order."""
-        text = self._text
-        if text is None:
-            text, params = _render(self)
-            _set_text(self, text)
-            _set_params(self, params)
-        return text, list(self._params)
+        """The SQL text with ``$1..$n`` placeholders, and the parameter values in order.
+
+        Raises ``ValueError`` where a ``$n`` would run into the text next to
+        it (``{}0``, ``x{}``): add a space or a cast between them.
+        """
+        formatted = self._formatted
+        if formatted is None:
+            formatted = _render(self)
+            _set_formatted(self, formatted)
+        return formatted[0], list(formatted[1])
 
     def __add__(self, other: object) -> SQLQuery:
         if type(other) is not SQLQuery:
@@ -107,7 +120,10 @@ class SQLQuery:
         return hash(self.format()[0])
 
     def __repr__(self) -> str:
-        text, params = self.format()
+        try:
+            text, params = self.format()
+        except ValueError as exc:
+            return f"<SQLQuery that cannot be formatted: {exc}>"
         count = len(params)
         return f"<SQLQuery {text!r} ({count} param{'' if count == 1 else 's'})>"
 
@@ -119,15 +135,14 @@ _new_object = object.__new__
 # The slots' own setters: SQLQuery.__setattr__ refuses every assignment.
 _set_literals = SQLQuery.__dict__["_literals"].__set__
 _set_values = SQLQuery.__dict__["_values"].__set__
-_set_text = SQLQuery.__dict__["_text"].__set__
-_set_params = SQLQuery.__dict__["_params"].__set__
+_set_formatted = SQLQuery.__dict__["_formatted"].__set__
 
 
 def _new(literals: tuple[str, ...], values: tuple[Any, ...]) -> SQLQuery:
     query: SQLQuery = _new_object(SQLQuery)
     _set_literals(query, literals)
     _set_values(query, values)
-    _set_text(query, None)
+    _set_formatted(query, None)
     return query
 
 
@@ -147,15 +162,39 @@ def _concat_error(other: object) -> NoReturn:
     )
 
 
+_WORD_ASCII = frozenset(string.ascii_letters + string.digits + "_$")
+
+
+def _adjacency_error(number: int, char: str, *, following: bool) -> NoReturn:
+    if following:
+        raise ValueError(
+            f"sql(): parameter ${number} is directly followed by {char!r}, which "
+            f"PostgreSQL would read as part of it (${number}{char}...); put a space "
+            "or a cast (such as ::int) between the field and the text after it"
+        )
+    raise ValueError(
+        f"sql(): parameter ${number} directly follows {char!r}, which PostgreSQL "
+        f"would read as one word with it (...{char}${number}); put a space between "
+        "the text and the field"
+    )
+
+
 def _render(root: SQLQuery) -> tuple[str, list[Any]]:
     """Walk the tree depth-first: the text with ``$n`` placeholders, and the params."""
     out: list[str] = []
     params: list[Any] = []
     stack: list[tuple[SQLQuery, int]] = []
     node, index = root, 0
-    if node._literals[0]:
-        out.append(node._literals[0])
+    after_param = False
     while True:
+        literal = node._literals[index]
+        if literal:
+            if after_param:
+                char = literal[0]
+                if char in _WORD_ASCII or char >= "\x80":
+                    _adjacency_error(len(params), char, following=True)
+                after_param = False
+            out.append(literal)
         values = node._values
         if index < len(values):
             value = values[index]
@@ -163,17 +202,18 @@ def _render(root: SQLQuery) -> tuple[str, list[Any]]:
             if type(value) is SQLQuery:
                 stack.append((node, index))
                 node, index = value, 0
-                if node._literals[0]:
-                    out.append(node._literals[0])
                 continue
             params.append(value)
+            if out:
+                char = out[-1][-1]
+                if char in _WORD_ASCII or char >= "\x80":
+                    _adjacency_error(len(params), char, following=False)
             out.append(f"${len(params)}")
+            after_param = True
         elif stack:
             node, index = stack.pop()
         else:
             return "".join(out), params
-        if node._literals[index]:
-            out.append(node._literals[index])
 
 
 class _Parsed(NamedTuple):
@@ -232,6 +272,8 @@ def _parse(template: str) -> _Parsed:
                     "with manual field numbering {0} in one template"
                 )
             key = n_auto if auto else int(field)
+            if key >= sys.maxsize:  # n_pos, one more, must fit a C Py_ssize_t
+                raise ValueError(f"sql(): field {label}: index too large")
             n_auto += 1
         elif field.isidentifier():
             key = field
@@ -282,10 +324,9 @@ def _argument_error(parsed: _Parsed, args: tuple[Any, ...], kwargs: dict[str, An
 
 def compose(template: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SQLQuery:
     """``sql(template, *args, **kwargs)`` for a plain string template."""
-    if type(template) is not str and not isinstance(template, str):
-        raise TypeError(
-            "sql() template must be a str (or a t-string on Python 3.14+), "
-            f"not {type(template).__name__!r}"
+    if type(template) is not str:
+        template = _exact_str(
+            template, "sql() template must be a str (or a t-string on Python 3.14+)"
         )
     parsed = _cache.get(template)
     if parsed is None:
@@ -301,6 +342,13 @@ def compose(template: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SQL
         _argument_error(parsed, args, kwargs)
     values = tuple([args[key] if isinstance(key, int) else kwargs[key] for key in parsed.keys])
     return _new(parsed.literals, values)
+
+
+def _exact_str(text: object, what: str) -> str:
+    """``text`` as an exact ``str``: a subclass's own methods never shape the SQL."""
+    if not isinstance(text, str):
+        raise TypeError(f"{what}, not {type(text).__name__!r}")
+    return str.__str__(text)
 
 
 def _compose_template(template: Any) -> SQLQuery:
@@ -371,14 +419,24 @@ def value(value: Any) -> SQLQuery:
 
 def unsafe(text: str) -> SQLQuery:
     """Raw SQL text, never escaped: for trusted text only."""
-    if not isinstance(text, str):
-        raise TypeError(f"sql.unsafe() takes a str, not {type(text).__name__!r}")
-    return _new((str(text),), ())
+    return _new((_exact_str(text, "sql.unsafe() takes a str"),), ())
 
 
 def file(path: str | PathLike[str]) -> SQLQuery:
-    """The UTF-8 text of the file at ``path``, as raw SQL."""
-    return unsafe(Path(path).read_text(encoding="utf-8"))
+    """The UTF-8 text of the file at ``path``, verbatim, as raw SQL.
+
+    Line endings are kept as they are; a leading byte order mark is dropped.
+    """
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + (len(BOM_UTF8) if data.startswith(BOM_UTF8) else 0)
+        raise ValueError(
+            f"sql.file(): {fspath(path)!r} is not valid UTF-8 "
+            f"({exc.reason} at byte offset {offset})"
+        ) from None
+    return _new((text,), ())
 
 
 def join(queries: Iterable[SQLQuery], separator: SQLQuery | str = ", ") -> SQLQuery:

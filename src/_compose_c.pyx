@@ -6,6 +6,14 @@ interleaved with ``values`` (one fewer), each a bound parameter or a spliced
 ``SQLQuery``. Composing only stores references; ``format()`` walks the tree
 once, without recursion so that deep trees are fine, numbers the parameters
 ``$1..$n`` in order of appearance and caches the result on the query.
+
+A ``$n`` must not touch a word character (letter, digit, ``_``, ``$`` or any
+non-ASCII character): PostgreSQL would read ``$1`` followed by ``0`` as
+``$10`` and ``x`` followed by ``$1`` as the identifier ``x$1``. ``format()``
+raises ``ValueError`` there rather than rendering something else, because
+any separator it inserted could itself change what the SQL means; the caller
+adds a space or a cast. The check only looks at the characters next to each
+emitted ``$n``.
 """
 
 cimport cython
@@ -19,6 +27,8 @@ from cpython.unicode cimport (
     PyUnicode_GET_LENGTH,
     PyUnicode_KIND,
     PyUnicode_New,
+    PyUnicode_READ,
+    PyUnicode_READ_CHAR,
     PyUnicode_WRITE,
 )
 from libc.string cimport memcpy
@@ -27,8 +37,10 @@ from libc.string cimport memcpy
 cdef extern from "Python.h":
     Py_UCS4 PyUnicode_MAX_CHAR_VALUE(str text)
 
+import os
 import sys
 from _string import formatter_parser
+from codecs import BOM_UTF8
 from pathlib import Path
 
 if sys.version_info >= (3, 14):
@@ -66,8 +78,8 @@ cdef class SQLQuery:
     cdef tuple _values
     cdef Py_ssize_t _n_literals  # in the whole tree
     cdef Py_ssize_t _n_params  # in the whole tree
-    cdef str _text
-    cdef list _params
+    # (text, params), set once: a thread never sees half of them.
+    cdef tuple _formatted
 
     def __init__(self, *args, **kwargs):
         raise TypeError("SQLQuery objects are built with pgfast.sql(...)")
@@ -78,18 +90,29 @@ cdef class SQLQuery:
     def __delattr__(self, name):
         raise AttributeError("SQLQuery objects are immutable")
 
-    cdef inline int _format(self) except -1:
+    cdef inline tuple _format(self):
+        cdef tuple formatted = self._formatted
         cdef list params
-        if self._text is None:
+        if formatted is None:
             params = PyList_New(self._n_params)
-            self._text = _render(self, params)
-            self._params = params
-        return 0
+            formatted = (_render(self, params), params)
+            # Without a GIL, two threads may render at once: the first result
+            # stays, so a result once read is never replaced (and freed).
+            with cython.critical_section(self):
+                if self._formatted is None:
+                    self._formatted = formatted
+                else:
+                    formatted = self._formatted
+        return formatted
 
     def format(self):
-        """The SQL text with ``$1..$n`` placeholders, and the parameter values in order."""
-        self._format()
-        return self._text, self._params[:]
+        """The SQL text with ``$1..$n`` placeholders, and the parameter values in order.
+
+        Raises ``ValueError`` where a ``$n`` would run into the text next to
+        it (``{}0``, ``x{}``): add a space or a cast between them.
+        """
+        cdef tuple formatted = self._format()
+        return formatted[0], (<list>formatted[1])[:]
 
     def __add__(self, other):
         if type(other) is not SQLQuery:
@@ -102,19 +125,20 @@ cdef class SQLQuery:
     def __eq__(self, other):
         if type(other) is not SQLQuery:
             return NotImplemented
-        self._format()
-        (<SQLQuery>other)._format()
-        return (self._text == (<SQLQuery>other)._text
-                and self._params == (<SQLQuery>other)._params)
+        return self._format() == (<SQLQuery>other)._format()
 
     def __hash__(self):
-        self._format()
-        return hash(self._text)
+        return hash(self._format()[0])
 
     def __repr__(self):
-        self._format()
-        cdef Py_ssize_t count = len(self._params)
-        return f"<SQLQuery {self._text!r} ({count} param{'' if count == 1 else 's'})>"
+        cdef tuple formatted
+        cdef Py_ssize_t count
+        try:
+            formatted = self._format()
+        except ValueError as exc:
+            return f"<SQLQuery that cannot be formatted: {exc}>"
+        count = len(<list>formatted[1])
+        return f"<SQLQuery {formatted[0]!r} ({count} param{'' if count == 1 else 's'})>"
 
     def __reduce__(self):
         return _restore, (self._literals, self._values)
@@ -163,12 +187,33 @@ cdef inline Py_ssize_t _digits(Py_ssize_t number) noexcept:
     return digits
 
 
+cdef inline bint _is_word(Py_UCS4 char) noexcept:
+    """Whether PostgreSQL's lexer would read ``char`` as part of a ``$n`` next to it."""
+    return (char >= 128 or char == 36 or char == 95  # non-ASCII, "$", "_"
+            or 48 <= char <= 57 or 65 <= char <= 90 or 97 <= char <= 122)
+
+
+cdef int _adjacency_error(Py_ssize_t number, Py_UCS4 char, bint following) except -1:
+    if following:
+        raise ValueError(
+            f"sql(): parameter ${number} is directly followed by {char!r}, which "
+            f"PostgreSQL would read as part of it (${number}{char}...); put a space "
+            "or a cast (such as ::int) between the field and the text after it"
+        )
+    raise ValueError(
+        f"sql(): parameter ${number} directly follows {char!r}, which PostgreSQL "
+        f"would read as one word with it (...{char}${number}); put a space between "
+        "the text and the field"
+    )
+
+
 cdef str _render(SQLQuery root, list params):
     """The text with ``$n`` placeholders; fills ``params`` (made with room for them all).
 
     A depth-first walk collects the tree's literals, in order, into a C array
     (NULL where a parameter goes) while summing the text's length and widest
-    character kind; the text is then written once into a new string.
+    character kind; the text is then written once into a new string, checking
+    the characters on either side of each ``$n``.
     """
     cdef Py_ssize_t n_pieces = root._n_literals + root._n_params
     cdef PyObject **pieces = <PyObject **>PyMem_Malloc(n_pieces * sizeof(PyObject *))
@@ -187,6 +232,7 @@ cdef str _render(SQLQuery root, list params):
     cdef str text
     cdef unsigned int kind
     cdef char *data
+    cdef bint after_param = False
     if pieces == NULL:
         raise MemoryError()
     try:
@@ -247,6 +293,9 @@ cdef str _render(SQLQuery root, list params):
             piece = pieces[index]
             if piece == NULL:
                 number += 1
+                if position and _is_word(PyUnicode_READ(kind, data, position - 1)):
+                    _adjacency_error(number, PyUnicode_READ(kind, data, position - 1), False)
+                after_param = True
                 PyUnicode_WRITE(kind, data, position, 36)  # "$"
                 digits = _digits(number)
                 size = number
@@ -258,6 +307,10 @@ cdef str _render(SQLQuery root, list params):
             size = PyUnicode_GET_LENGTH(<str>piece)
             if size == 0:
                 continue
+            if after_param:
+                if _is_word(PyUnicode_READ_CHAR(<str>piece, 0)):
+                    _adjacency_error(number, PyUnicode_READ_CHAR(<str>piece, 0), True)
+                after_param = False
             if PyUnicode_KIND(<str>piece) == kind:
                 memcpy(data + position * kind, PyUnicode_DATA(<str>piece), size * kind)
             else:
@@ -324,6 +377,8 @@ cdef _Parsed _parse(str template):
                     "with manual field numbering {0} in one template"
                 )
             key = n_auto if auto else int(field)
+            if key >= sys.maxsize:  # n_pos, one more, must fit a Py_ssize_t
+                raise ValueError(f"sql(): field {label}: index too large")
             n_auto += 1
         elif field.isidentifier():
             key = field
@@ -376,11 +431,9 @@ cpdef SQLQuery compose(object template, tuple args, dict kwargs):
     cdef _Parsed parsed
     cdef tuple keys, values
     cdef Py_ssize_t i, n
-    if not isinstance(template, str):
-        raise TypeError(
-            "sql() template must be a str (or a t-string on Python 3.14+), "
-            f"not {type(template).__name__!r}"
-        )
+    if type(template) is not str:
+        template = _exact_str(
+            template, "sql() template must be a str (or a t-string on Python 3.14+)")
     found = _cache.get(template)
     if found is None:
         parsed = _parse(template)
@@ -409,6 +462,13 @@ cpdef SQLQuery compose(object template, tuple args, dict kwargs):
         Py_INCREF(value)
         PyTuple_SET_ITEM(values, i, value)
     return _new(parsed.literals, values)
+
+
+cdef str _exact_str(object text, str what):
+    """``text`` as an exact ``str``: a subclass's own methods never shape the SQL."""
+    if not isinstance(text, str):
+        raise TypeError(f"{what}, not {type(text).__name__!r}")
+    return str.__str__(text)
 
 
 cdef SQLQuery _compose_template(object template):
@@ -479,14 +539,24 @@ def value(value):
 
 def unsafe(text):
     """Raw SQL text, never escaped: for trusted text only."""
-    if not isinstance(text, str):
-        raise TypeError(f"sql.unsafe() takes a str, not {type(text).__name__!r}")
-    return _new((str(text),), ())
+    return _new((_exact_str(text, "sql.unsafe() takes a str"),), ())
 
 
 def file(path):
-    """The UTF-8 text of the file at ``path``, as raw SQL."""
-    return unsafe(Path(path).read_text(encoding="utf-8"))
+    """The UTF-8 text of the file at ``path``, verbatim, as raw SQL.
+
+    Line endings are kept as they are; a leading byte order mark is dropped.
+    """
+    cdef bytes data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        offset = exc.start + (len(BOM_UTF8) if data.startswith(BOM_UTF8) else 0)
+        raise ValueError(
+            f"sql.file(): {os.fspath(path)!r} is not valid UTF-8 "
+            f"({exc.reason} at byte offset {offset})"
+        ) from None
+    return _new((text,), ())
 
 
 def join(queries, separator=", "):

@@ -6,6 +6,8 @@ import copy
 import pickle
 import re
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -154,6 +156,43 @@ class TestTemplateErrors:
         with pytest.raises(TypeError, match="not 'SQLQuery'"):
             sql(sql("SELECT 1"))
 
+    def test_huge_field_index(self, sql: Any) -> None:
+        with pytest.raises(ValueError, match=r"field \{99999999999999999999\}: index too large"):
+            sql("{99999999999999999999}")
+        with pytest.raises(ValueError, match=f"field \\{{{sys.maxsize}\\}}: index too large"):
+            sql(f"{{{sys.maxsize}}}", 1)
+        largest = sys.maxsize - 1
+        with pytest.raises(TypeError, match=f"takes {sys.maxsize} positional argument"):
+            sql(f"{{{largest}}}", 1)
+
+
+class Template(str):
+    """A str subclass whose own methods must not change the SQL."""
+
+    def __str__(self) -> str:
+        return "DROP TABLE users"
+
+    def __hash__(self) -> int:
+        return 0
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+
+@nodb
+class TestStrSubclasses:
+    def test_template(self, sql: Any) -> None:
+        text, params = sql(Template("a = {} AND b = {b}"), 1, b=2).format()
+        assert (text, params) == ("a = $1 AND b = $2", [1, 2])
+        assert type(text) is str
+        assert sql(Template("SELECT 1")).format() == ("SELECT 1", [])
+        assert sql(Template("SELECT {}"), 3).format() == ("SELECT $1", [3])
+
+    def test_unsafe(self, sql: Any) -> None:
+        text = sql.unsafe(Template("SELECT 2")).format()[0]
+        assert text == "SELECT 2"
+        assert type(text) is str
+
 
 @nodb
 class TestNesting:
@@ -190,6 +229,115 @@ class TestNesting:
         text, params = q.format()
         assert params == list(range(70000))
         assert text.split(", ")[-3:] == ["$69998", "$69999", "$70000"]
+
+
+@nodb
+class TestParameterNextToText:
+    """A ``$n`` that would run into the text around it is an error, never other SQL."""
+
+    @pytest.mark.parametrize(
+        ("template", "n", "char"),
+        [
+            ("SELECT {}0", 1, "0"),  # would be $10, another parameter
+            ("SELECT {} + {}9", 2, "9"),
+            ("{}a", 1, "a"),
+            ("{}Z", 1, "Z"),
+            ("{}_x", 1, "_"),
+            ("{}$", 1, "$"),
+            ("{}é", 1, "é"),
+            ("{}表", 1, "表"),
+        ],
+    )
+    def test_followed_by_a_word_character(self, sql: Any, template: str, n: int, char: str) -> None:
+        q = sql(template, *range(template.count("{}")))
+        with pytest.raises(
+            ValueError, match=re.escape(f"parameter ${n} is directly followed by {char!r}")
+        ) as info:
+            q.format()
+        assert "put a space or a cast" in str(info.value)
+
+    @pytest.mark.parametrize(
+        ("template", "n", "char"),
+        [
+            ("x{}", 1, "x"),  # would be x$1, an identifier
+            ("SELECT a_{}", 1, "_"),
+            ("a1{}", 1, "1"),
+            ("$${}", 1, "$"),
+            ("é{}", 1, "é"),
+            ("{}{}", 2, "1"),  # $1$2
+        ],
+    )
+    def test_after_a_word_character(self, sql: Any, template: str, n: int, char: str) -> None:
+        q = sql(template, *range(template.count("{}")))
+        with pytest.raises(
+            ValueError, match=re.escape(f"parameter ${n} directly follows {char!r}")
+        ) as info:
+            q.format()
+        assert "put a space" in str(info.value)
+
+    @pytest.mark.parametrize(
+        ("build", "message"),
+        [
+            (lambda sql: sql("{}", 1) + sql.unsafe("0"), "$1 is directly followed by '0'"),
+            (lambda sql: sql.unsafe("x") + sql.value(1), "$1 directly follows 'x'"),
+            (
+                lambda sql: sql("{}", 1) + sql.unsafe("") + sql("a"),
+                "$1 is directly followed by 'a'",
+            ),
+            (lambda sql: sql("{}{}0", 1, sql.unsafe("")), "$1 is directly followed by '0'"),
+            (
+                lambda sql: sql.join([sql.value(1), sql.unsafe("a")], ""),
+                "$1 is directly followed by 'a'",
+            ),
+            (
+                lambda sql: sql.join([sql.unsafe("a"), sql.value(1)], ""),
+                "$1 directly follows 'a'",
+            ),
+            (
+                lambda sql: sql.join([sql.value(1), sql.value(2)], ""),
+                "$2 directly follows '1'",
+            ),
+            (
+                lambda sql: sql.join([sql.value(1), sql.value(2)], sql.unsafe("OR")),
+                "$1 is directly followed by 'O'",
+            ),
+            (
+                lambda sql: sql.join([sql.ident("t"), sql.value(1)], sql.unsafe(" x")),
+                "$1 directly follows 'x'",
+            ),
+        ],
+    )
+    def test_through_splicing_add_and_join(self, sql: Any, build: Any, message: str) -> None:
+        with pytest.raises(ValueError, match=re.escape(f"sql(): parameter {message}")):
+            build(sql).format()
+
+    @pytest.mark.parametrize(
+        ("template", "text"),
+        [
+            ("SELECT {}::int", "SELECT $1::int"),
+            ("SELECT {} 0", "SELECT $1 0"),
+            ("f({},{})", "f($1,$2)"),
+            ("a={}+-{}", "a=$1+-$2"),
+            ('"t"{}', '"t"$1'),
+            ("{}\n", "$1\n"),
+            ("x.{}", "x.$1"),
+            ("{}.", "$1."),
+        ],
+    )
+    def test_punctuation_and_spaces_are_fine(self, sql: Any, template: str, text: str) -> None:
+        n = template.count("{}")
+        assert sql(template, *range(n)).format() == (text, list(range(n)))
+
+    def test_repr_and_equality_of_an_ambiguous_query(self, sql: Any) -> None:
+        q = sql("SELECT {}0", "secret")
+        assert repr(q).startswith(
+            "<SQLQuery that cannot be formatted: sql(): parameter $1 is directly followed by '0'"
+        )
+        assert "secret" not in repr(q)
+        with pytest.raises(ValueError, match="directly followed by"):
+            q == sql("SELECT 1")  # noqa: B015
+        with pytest.raises(ValueError, match="directly followed by"):
+            hash(q)
 
 
 @nodb
@@ -251,6 +399,29 @@ class TestHelpers:
         with pytest.raises(FileNotFoundError):
             sql.file(tmp_path / "missing.sql")
 
+    def test_file_is_verbatim(self, sql: Any, tmp_path: Path) -> None:
+        path = tmp_path / "crlf.sql"
+        path.write_bytes(b"SELECT 'a\r\nb'\r\n\rx\r")
+        assert sql.file(path).format() == ("SELECT 'a\r\nb'\r\n\rx\r", [])
+
+    def test_file_drops_a_leading_byte_order_mark(self, sql: Any, tmp_path: Path) -> None:
+        path = tmp_path / "bom.sql"
+        path.write_bytes("\ufeffSELECT 1 -- \ufeff".encode())
+        assert sql.file(path).format() == ("SELECT 1 -- \ufeff", [])
+
+    def test_file_not_utf8(self, sql: Any, tmp_path: Path) -> None:
+        path = tmp_path / "latin1.sql"
+        path.write_bytes("SELECT 'café'".encode("latin-1"))
+        with pytest.raises(ValueError, match="is not valid UTF-8") as info:
+            sql.file(path)
+        assert repr(str(path)) in str(info.value)
+        assert "(invalid continuation byte at byte offset 11)" in str(info.value)
+        path.write_bytes(b"\xef\xbb\xbfSELECT \xff")
+        with pytest.raises(
+            ValueError, match=r"is not valid UTF-8 \(invalid start byte at byte offset 10\)"
+        ):
+            sql.file(path)
+
     def test_join_default_separator(self, sql: Any) -> None:
         q = sql.join(sql("({}, {})", n, str(n)) for n in range(3))
         assert q.format() == ("($1, $2), ($3, $4), ($5, $6)", [0, "0", 1, "1", 2, "2"])
@@ -259,8 +430,8 @@ class TestHelpers:
         "sep", ["", ",", ", ", " AND ", " OR ", ") AND (", ") OR (", ";", "\n"]
     )
     def test_join_allowed_separators(self, sql: Any, sep: str) -> None:
-        q = sql.join([sql("a = {}", 1), sql.unsafe("b"), sql("c = {}", 2)], sep)
-        assert q.format() == (f"a = $1{sep}b{sep}c = $2", [1, 2])
+        q = sql.join([sql("a = {}", 1), sql.unsafe("(b)"), sql("c = {}", 2)], sep)
+        assert q.format() == (f"a = $1{sep}(b){sep}c = $2", [1, 2])
 
     def test_join_query_separator(self, sql: Any) -> None:
         q = sql.join([sql("{}", "a"), sql("{}", "b"), sql("{}", "c")], sql(" || {} || ", "-"))
@@ -330,6 +501,26 @@ class TestSQLQuery:
         assert repr(q) == "<SQLQuery 'SELECT * FROM t WHERE pw = $1 AND u = $2' (2 params)>"
         assert repr(sql("a = {}", "secret")) == "<SQLQuery 'a = $1' (1 param)>"
         assert repr(sql("SELECT 1")) == "<SQLQuery 'SELECT 1' (0 params)>"
+
+    def test_format_from_many_threads(self, sql: Any) -> None:
+        # Four threads format the same fresh queries at once, switching as often
+        # as the interpreter allows: none may see a half-cached result.
+        queries = [sql("SELECT {} + {}", n, sql("-{}", n)) for n in range(2000)]
+        expected = [(("SELECT $1 + -$2", [n, n]), hash("SELECT $1 + -$2")) for n in range(2000)]
+        barrier = threading.Barrier(4)
+
+        def work(_: int) -> list[tuple[tuple[str, list[Any]], int]]:
+            barrier.wait()
+            return [(q.format(), hash(q)) for q in queries]
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        try:
+            with ThreadPoolExecutor(4) as pool:
+                outcomes = list(pool.map(work, range(4)))
+        finally:
+            sys.setswitchinterval(interval)
+        assert outcomes == [expected] * 4
 
     def test_is_sql_query(self, mod: ModuleType, sql: Any) -> None:
         assert mod.is_sql_query(sql("SELECT 1"))
