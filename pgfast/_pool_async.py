@@ -273,6 +273,62 @@ class _AsyncQueryable(AsyncBulkMixin):
             not_a_query(q)
         return int(await self._run(q, False))
 
+    def _block(self, begin: str | None) -> _AsyncTransactionBlock:
+        raise NotImplementedError
+
+    def transaction(
+        self,
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> _AsyncTransactionBlock:
+        """A context manager running its block in one transaction (one attempt).
+
+        On a pool the transaction takes a connection of its own; on a dedicated
+        connection it runs there.
+        """
+        begin = begin_statement(
+            isolation_level,
+            read_only,
+            deferrable,
+            statement_timeout,
+            lock_timeout,
+            idle_in_transaction_session_timeout,
+        )
+        return self._block(begin)
+
+    async def tx(
+        self,
+        fn: Callable[[AsyncTransaction], Awaitable[T]],
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        retry_serialization_failures: bool | int = False,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> T:
+        """Run ``fn(tx)`` in a transaction: COMMIT and return its result, or ROLLBACK.
+
+        Serialization failures and deadlocks (40001, 40P01) re-run ``fn`` from
+        the start when ``retry_serialization_failures`` allows more attempts.
+        """
+        attempts = retry_attempts(retry_serialization_failures)
+        block = self.transaction(
+            isolation_level=isolation_level,
+            read_only=read_only,
+            deferrable=deferrable,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+        )
+        return await _run_tx(block, fn, attempts)
+
     async def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> AsyncGenerator[Row, None]:
         """Yield the rows of ``q``, fetched ``batch_size`` at a time through a server cursor.
 
@@ -724,54 +780,8 @@ class AsyncConnectionPool(_AsyncQueryable):
 
     # -- transactions and connections ----------------------------------------
 
-    def transaction(
-        self,
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> _AsyncTransactionBlock:
-        """A context manager running its block in one transaction (one attempt)."""
-        begin = begin_statement(
-            isolation_level,
-            read_only,
-            deferrable,
-            statement_timeout,
-            lock_timeout,
-            idle_in_transaction_session_timeout,
-        )
+    def _block(self, begin: str | None) -> _AsyncTransactionBlock:
         return _AsyncTransactionBlock(self, None, begin)
-
-    async def tx(
-        self,
-        fn: Callable[[AsyncTransaction], Awaitable[T]],
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        retry_serialization_failures: bool | int = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> T:
-        """Run ``fn(tx)`` in a transaction: COMMIT and return its result, or ROLLBACK.
-
-        Serialization failures and deadlocks (40001, 40P01) re-run ``fn`` from
-        the start when ``retry_serialization_failures`` allows more attempts.
-        """
-        attempts = retry_attempts(retry_serialization_failures)
-        block = self.transaction(
-            isolation_level=isolation_level,
-            read_only=read_only,
-            deferrable=deferrable,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
-        )
-        return await _run_tx(block, fn, attempts)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
@@ -885,50 +895,8 @@ class AsyncConnection(_AsyncQueryable):
         for step in steps:
             await _call(step)
 
-    def transaction(
-        self,
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> _AsyncTransactionBlock:
-        """A context manager running its block in one transaction on this connection."""
-        begin = begin_statement(
-            isolation_level,
-            read_only,
-            deferrable,
-            statement_timeout,
-            lock_timeout,
-            idle_in_transaction_session_timeout,
-        )
+    def _block(self, begin: str | None) -> _AsyncTransactionBlock:
         return _AsyncTransactionBlock(self._pool_ref, self, begin)
-
-    async def tx(
-        self,
-        fn: Callable[[AsyncTransaction], Awaitable[T]],
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        retry_serialization_failures: bool | int = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> T:
-        """Run ``fn(tx)`` in a transaction on this connection (see the pool's ``tx``)."""
-        attempts = retry_attempts(retry_serialization_failures)
-        block = self.transaction(
-            isolation_level=isolation_level,
-            read_only=read_only,
-            deferrable=deferrable,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
-        )
-        return await _run_tx(block, fn, attempts)
 
     async def task(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``fn(self)``: this connection already is dedicated."""

@@ -272,6 +272,62 @@ class _Queryable(BulkMixin):
             not_a_query(q)
         return int(self._run(q, False))
 
+    def _block(self, begin: str | None) -> _TransactionBlock:
+        raise NotImplementedError
+
+    def transaction(
+        self,
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> _TransactionBlock:
+        """A context manager running its block in one transaction (one attempt).
+
+        On a pool the transaction takes a connection of its own; on a dedicated
+        connection it runs there.
+        """
+        begin = begin_statement(
+            isolation_level,
+            read_only,
+            deferrable,
+            statement_timeout,
+            lock_timeout,
+            idle_in_transaction_session_timeout,
+        )
+        return self._block(begin)
+
+    def tx(
+        self,
+        fn: Callable[[Transaction], T],
+        *,
+        isolation_level: IsolationLevel | str | None = None,
+        read_only: bool | None = None,
+        deferrable: bool | None = None,
+        retry_serialization_failures: bool | int = False,
+        statement_timeout: float | None = None,
+        lock_timeout: float | None = None,
+        idle_in_transaction_session_timeout: float | None = None,
+    ) -> T:
+        """Run ``fn(tx)`` in a transaction: COMMIT and return its result, or ROLLBACK.
+
+        Serialization failures and deadlocks (40001, 40P01) re-run ``fn`` from
+        the start when ``retry_serialization_failures`` allows more attempts.
+        """
+        attempts = retry_attempts(retry_serialization_failures)
+        block = self.transaction(
+            isolation_level=isolation_level,
+            read_only=read_only,
+            deferrable=deferrable,
+            statement_timeout=statement_timeout,
+            lock_timeout=lock_timeout,
+            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+        )
+        return _run_tx(block, fn, attempts)
+
     def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> Generator[Row, None, None]:
         """Yield the rows of ``q``, fetched ``batch_size`` at a time through a server cursor.
 
@@ -707,54 +763,8 @@ class ConnectionPool(_Queryable):
 
     # -- transactions and connections ----------------------------------------
 
-    def transaction(
-        self,
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> _TransactionBlock:
-        """A context manager running its block in one transaction (one attempt)."""
-        begin = begin_statement(
-            isolation_level,
-            read_only,
-            deferrable,
-            statement_timeout,
-            lock_timeout,
-            idle_in_transaction_session_timeout,
-        )
+    def _block(self, begin: str | None) -> _TransactionBlock:
         return _TransactionBlock(self, None, begin)
-
-    def tx(
-        self,
-        fn: Callable[[Transaction], T],
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        retry_serialization_failures: bool | int = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> T:
-        """Run ``fn(tx)`` in a transaction: COMMIT and return its result, or ROLLBACK.
-
-        Serialization failures and deadlocks (40001, 40P01) re-run ``fn`` from
-        the start when ``retry_serialization_failures`` allows more attempts.
-        """
-        attempts = retry_attempts(retry_serialization_failures)
-        block = self.transaction(
-            isolation_level=isolation_level,
-            read_only=read_only,
-            deferrable=deferrable,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
-        )
-        return _run_tx(block, fn, attempts)
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -863,50 +873,8 @@ class Connection(_Queryable):
         for step in steps:
             _call(step)
 
-    def transaction(
-        self,
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> _TransactionBlock:
-        """A context manager running its block in one transaction on this connection."""
-        begin = begin_statement(
-            isolation_level,
-            read_only,
-            deferrable,
-            statement_timeout,
-            lock_timeout,
-            idle_in_transaction_session_timeout,
-        )
+    def _block(self, begin: str | None) -> _TransactionBlock:
         return _TransactionBlock(self._pool_ref, self, begin)
-
-    def tx(
-        self,
-        fn: Callable[[Transaction], T],
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        retry_serialization_failures: bool | int = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> T:
-        """Run ``fn(tx)`` in a transaction on this connection (see the pool's ``tx``)."""
-        attempts = retry_attempts(retry_serialization_failures)
-        block = self.transaction(
-            isolation_level=isolation_level,
-            read_only=read_only,
-            deferrable=deferrable,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
-        )
-        return _run_tx(block, fn, attempts)
 
     def task(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(self)``: this connection already is dedicated."""
