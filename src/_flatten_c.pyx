@@ -80,22 +80,29 @@ cdef inline void _put(object items, Py_ssize_t i, object value, bint is_list):
         PyTuple_SET_ITEM(items, i, value)
 
 
-cdef object _check_mapping(object record, Py_ssize_t index, tuple names):
-    """A generic (non-dict) mapping: reject keys that are not columns."""
-    cdef frozenset allowed = frozenset(names)
-    cdef object key
-    for key in record:
-        if key not in allowed:
-            raise unknown_key(key, index, names)
-
-
-cdef object _unknown_dict_key(dict record, Py_ssize_t index, tuple names):
+cdef object _unknown_key_error(object record, Py_ssize_t index, tuple names):
+    """The error for the first key of ``record`` that is not a column, or None."""
     cdef frozenset allowed = frozenset(names)
     cdef object key
     for key in record:
         if key not in allowed:
             return unknown_key(key, index, names)
-    raise AssertionError("a dict key was not found in the dict")
+    return None
+
+
+cdef object _check_mapping(object record, Py_ssize_t index, tuple names):
+    """A generic (non-dict) mapping: reject keys that are not columns."""
+    error = _unknown_key_error(record, index, names)
+    if error is not None:
+        raise error
+
+
+cdef object _unknown_dict_key(dict record, Py_ssize_t index, tuple names):
+    # Called once a dict is known to hold a key that is not a column.
+    error = _unknown_key_error(record, index, names)
+    if error is None:
+        raise AssertionError("a dict key was not found in the dict")
+    return error
 
 
 cdef int _fill(object record, Py_ssize_t index, tuple names, list out) except -1:
