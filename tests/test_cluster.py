@@ -15,8 +15,8 @@ import time
 import tracemalloc
 import uuid
 import weakref
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import psycopg
 import pytest
@@ -62,10 +62,15 @@ class Recorder:
         return [sum(needle in t for t in texts) for texts in self.texts]
 
 
-def make_cluster(pg_cluster: LocalCluster, rec: Recorder, **options: Any) -> Cluster:
+P = TypeVar("P")
+
+
+def recorded_pools(pg_cluster: LocalCluster, rec: Recorder, create: Callable[..., P]) -> list[P]:
+    """A pool per node (``create_pool`` or ``create_async_pool``), primary first,
+    whose statements and errors ``rec`` records."""
     urls = [pg_cluster.primary_url, *pg_cluster.replica_urls]
-    pools = [
-        create_pool(
+    return [
+        create(
             url,
             on_query_start=rec.start_hook(n),
             on_query_error=rec.error_hook(n),
@@ -73,6 +78,10 @@ def make_cluster(pg_cluster: LocalCluster, rec: Recorder, **options: Any) -> Clu
         )
         for n, url in enumerate(urls)
     ]
+
+
+def make_cluster(pg_cluster: LocalCluster, rec: Recorder, **options: Any) -> Cluster:
+    pools = recorded_pools(pg_cluster, rec, create_pool)
     cluster = create_cluster(pools[0], pools[1:], **options)
     assert isinstance(cluster, Cluster)
     return cluster

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from test_cluster import PROBE_BACKEND, Recorder, server_pid, table  # noqa: F401  (a fixture)
+from test_cluster import PROBE_BACKEND, Recorder, recorded_pools, server_pid, table  # noqa: F401  (a fixture)
 
 import pgfast
 from pgfast._cluster_async import AsyncCluster
@@ -27,16 +27,7 @@ from pgfast.testing import LocalCluster
 
 
 def make_cluster(pg_cluster: LocalCluster, rec: Recorder, **options: Any) -> AsyncCluster:
-    urls = [pg_cluster.primary_url, *pg_cluster.replica_urls]
-    pools = [
-        create_async_pool(
-            url,
-            on_query_start=rec.start_hook(n),
-            on_query_error=rec.error_hook(n),
-            connect_timeout=2,
-        )
-        for n, url in enumerate(urls)
-    ]
+    pools = recorded_pools(pg_cluster, rec, create_async_pool)
     cluster = create_cluster(pools[0], pools[1:], **options)
     assert isinstance(cluster, AsyncCluster)
     return cluster

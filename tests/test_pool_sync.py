@@ -30,7 +30,7 @@ from pgfast._frame import Sent
 from pgfast._pool import create_pool
 from pgfast._pool_common import IsolationLevel
 from pgfast._pool_sync import ConnectionPool, Transaction
-from pgfast._sql import sql
+from pgfast._sql import SQLQuery, sql
 
 
 @pytest.fixture
@@ -823,6 +823,27 @@ def test_a_statement_killed_by_the_server_is_not_run_again(
         assert victim.query_value(sql("SELECT 1")) == 1  # and the pool recovers
 
 
+def add_echoing_trigger(db: ConnectionPool, table: SQLQuery, message: str) -> None:
+    """A deferred constraint trigger on ``table`` (also the function's name) that
+    raises ``message``, its ``%`` replaced by the new row's id: a server echo."""
+    db.execute(
+        sql(
+            "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION {}, NEW.id; END $$",
+            table,
+            sql.unsafe("'" + message.replace("'", "''") + "'"),
+        )
+    )
+    db.execute(
+        sql(
+            "CREATE CONSTRAINT TRIGGER chk AFTER INSERT ON {} "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {}()",
+            table,
+            table,
+        )
+    )
+
+
 def test_commit_errors_are_redacted_and_reported(pg_url: str) -> None:
     reported: list[tuple[str, list[Any], BaseException]] = []
     name = sql.ident(f"d_{uuid.uuid4().hex[:12]}")
@@ -853,21 +874,7 @@ def test_commit_errors_are_redacted_and_reported(pg_url: str) -> None:
                 db.query([insert, insert])  # the list's own COMMIT
             assert "SECRET-2" not in str(batch.value)
             # A constraint trigger may echo any value sent in the transaction.
-            db.execute(
-                sql(
-                    "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
-                    "$$ BEGIN RAISE EXCEPTION 'bad row %', NEW.id; END $$",
-                    name,
-                )
-            )
-            db.execute(
-                sql(
-                    "CREATE CONSTRAINT TRIGGER chk AFTER INSERT ON {} "
-                    "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {}()",
-                    name,
-                    name,
-                )
-            )
+            add_echoing_trigger(db, name, "bad row %")
             for immediate in (False, True):  # fired by COMMIT, or by a statement
 
                 def echoed(tx: Transaction) -> None:
@@ -896,21 +903,7 @@ def test_a_large_transaction_keeps_no_parameters_yet_redacts(
     name = sql.ident(f"big_{uuid.uuid4().hex[:12]}")
     with create_pool(pg_url) as db:
         db.execute(sql("CREATE TABLE {} (id text, n int)", name))
-        db.execute(
-            sql(
-                "CREATE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
-                """$$ BEGIN RAISE EXCEPTION 'bad row "%"', NEW.id; END $$""",
-                name,
-            )
-        )
-        db.execute(
-            sql(
-                "CREATE CONSTRAINT TRIGGER chk AFTER INSERT ON {} "
-                "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION {}()",
-                name,
-                name,
-            )
-        )
+        add_echoing_trigger(db, name, 'bad row "%"')
         try:
             seen: list[Sent] = []
 
