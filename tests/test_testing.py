@@ -239,7 +239,11 @@ def assert_gone(directory: Path, pids: set[int]) -> None:
 def test_stop_leaves_nothing_running() -> None:
     cluster = LocalCluster(replicas=1).start()
     directory, pids = cluster.directory, cluster_pids(cluster.directory)
-    assert len(pids) >= 6 and all(alive(p) for p in pids)
+    # Short-lived children (a backend, an autovacuum worker) may already be
+    # gone; the postmasters must be running.
+    postmasters = {int(p.read_text().split()[0]) for p in directory.glob("*/postmaster.pid")}
+    assert len(postmasters) == 2 and all(alive(p) for p in postmasters)
+    assert len(pids) >= 6
     cluster.stop()
     assert_gone(directory, pids)
     cluster.stop()  # idempotent
