@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import itertools
-import tempfile
-import textwrap
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -198,41 +195,6 @@ def test_redaction_removes_every_long_parameter(params: list[str], noise: str) -
     redacted = redact_params(message, params)
     for value in params:
         assert value not in redacted or value in REDACTED_VALUE
-
-
-def test_query_stream_is_typed_as_a_generator(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """``closing`` / ``aclosing``, which the docstring recommends, type-check."""
-    mypy_api = pytest.importorskip("mypy.api", reason="mypy is a development dependency")
-    sample = tmp_path / "stream_usage.py"
-    sample.write_text(
-        textwrap.dedent(
-            """
-            from contextlib import aclosing, closing
-
-            import pgfast
-
-
-            def first(db: pgfast.ConnectionPool) -> object:
-                with closing(db.query_stream(pgfast.sql("SELECT 1"))) as rows:
-                    return next(rows)
-
-
-            async def first_async(db: pgfast.AsyncConnectionPool) -> object:
-                async with aclosing(db.query_stream(pgfast.sql("SELECT 1"))) as rows:
-                    return await anext(rows)
-            """
-        )
-    )
-    root = Path(__file__).resolve().parent.parent
-    monkeypatch.chdir(root)
-    cache = Path(tempfile.gettempdir()) / "pgfast-mypy-typing-samples"
-    stdout, stderr, _ = mypy_api.run(
-        ["--strict", "--cache-dir", str(cache), "--show-absolute-path", str(sample)]
-    )
-    assert not stderr, stderr
-    assert [line for line in stdout.splitlines() if line.startswith(str(sample))] == []
 
 
 def test_config_reprs_show_no_secret() -> None:

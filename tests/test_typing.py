@@ -10,7 +10,6 @@ string, not that the string is a literal.
 from __future__ import annotations
 
 import re
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -28,16 +27,22 @@ MARKER = re.compile(r"#\s*E:\s*(?P<text>.+?)\s*$")
 
 
 def run_mypy(paths: list[Path], monkeypatch: pytest.MonkeyPatch) -> tuple[str, int]:
-    # From the project root, so that mypy finds this checkout's pgfast; a cache
-    # shared between runs keeps the check to a few seconds.
+    # From the project root, so that mypy finds this checkout's pgfast. The
+    # cache keeps the check to a few seconds; it lives in this checkout because
+    # mypy caches reported errors with their absolute paths, and a cache shared
+    # with another checkout replays that checkout's paths. Plain output even
+    # where CI sets FORCE_COLOR: the error lines are parsed below.
     monkeypatch.chdir(ROOT)
-    cache = Path(tempfile.gettempdir()) / "pgfast-mypy-typing-samples"
+    monkeypatch.delenv("FORCE_COLOR", raising=False)
+    monkeypatch.delenv("MYPY_FORCE_COLOR", raising=False)
+    cache = ROOT / ".mypy_cache" / "typing-samples"
     stdout, stderr, status = mypy_api.run(
         [
             "--config-file", str(ROOT / "pyproject.toml"),
             "--strict",
             "--cache-dir", str(cache),
             "--no-error-summary",
+            "--no-color-output",
             "--show-absolute-path",
             *map(str, paths),
         ]
