@@ -55,7 +55,7 @@ def errors_by_line(stdout: str, path: Path) -> dict[int, list[str]]:
     found: dict[int, list[str]] = {}
     for line in stdout.splitlines():
         match = ERROR_LINE.match(line)
-        if match and Path(match["path"]) == path:
+        if match and Path(match["path"]).resolve() == path.resolve():
             found.setdefault(int(match["line"]), []).append(match["message"])
     return found
 
