@@ -11,7 +11,7 @@ from ._exceptions import ConfigurationError, Error, PoolClosedError, PoolTimeout
 from ._impl import IMPL as __impl__
 from ._pool import create_async_pool, create_pool
 from ._pool_async import AsyncConnection, AsyncConnectionPool, AsyncTransaction
-from ._pool_common import IsolationLevel
+from ._pool_common import IsolationLevel, TransactionOptions
 from ._pool_sync import Connection, ConnectionPool, Transaction
 from ._sql import SQLQuery, is_sql_query, sql
 
@@ -32,6 +32,7 @@ __all__ = [
     "PoolTimeoutError",
     "SQLQuery",
     "Transaction",
+    "TransactionOptions",
     "__impl__",
     "bulk_condition",
     "create_async_pool",

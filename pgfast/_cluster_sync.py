@@ -22,7 +22,7 @@ from collections.abc import (
 )
 from contextlib import closing, contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg import generators
@@ -42,13 +42,25 @@ from ._cluster_common import (
     probe_timeout,
 )
 from ._exceptions import PoolClosedError
-from ._pool_common import IsolationLevel, Row, SQLQuery, _isolation, check_queries, not_a_query
+from ._pool_common import (
+    IsolationLevel,
+    Row,
+    SQLQuery,
+    TransactionOptions,
+    _isolation,
+    check_queries,
+    check_transaction_options,
+    not_a_query,
+)
 from ._pool_sync import (
     Connection,
     ConnectionPool,
     Transaction,
     _Queryable,
 )
+
+if TYPE_CHECKING:
+    from ._pool_common import Unpack
 
 Records = Sequence[Any]
 
@@ -58,10 +70,12 @@ Operation = Callable[[_Queryable], T]
 ProbeConnection = psycopg.Connection[Any]
 
 
-def _replica_tx(isolation_level: IsolationLevel | str | None, read_only: bool | None) -> bool:
+def _replica_tx(options: TransactionOptions) -> bool:
     """Whether a transaction with these options may run on a replica: a standby
     refuses SERIALIZABLE (SQLSTATE 0A000), so only other read-only ones may."""
-    return bool(read_only) and (
+    check_transaction_options(options)
+    isolation_level = options.get("isolation_level")
+    return bool(options.get("read_only")) and (
         isolation_level is None or _isolation(isolation_level) != IsolationLevel.SERIALIZABLE.value
     )
 
@@ -189,13 +203,8 @@ class Cluster:
         self,
         fn: Callable[[Transaction], T],
         *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
         retry_serialization_failures: bool | int = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
+        **options: Unpack[TransactionOptions],
     ) -> T:
         """Run ``fn(tx)`` in a transaction: on a replica when ``read_only`` (and not
         SERIALIZABLE, which a standby cannot run), else on the primary.
@@ -212,45 +221,21 @@ class Cluster:
 
         def op(db: _Queryable) -> T:
             return _host(db).tx(
-                first,
-                isolation_level=isolation_level,
-                read_only=read_only,
-                deferrable=deferrable,
-                retry_serialization_failures=retry_serialization_failures,
-                statement_timeout=statement_timeout,
-                lock_timeout=lock_timeout,
-                idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
+                first, retry_serialization_failures=retry_serialization_failures, **options
             )
 
-        return self._route(op, _replica_tx(isolation_level, read_only), lambda: started)
+        return self._route(op, _replica_tx(options), lambda: started)
 
     @contextmanager
-    def transaction(
-        self,
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> Iterator[Transaction]:
+    def transaction(self, **options: Unpack[TransactionOptions]) -> Iterator[Transaction]:
         """One transaction attempt: on a replica when ``read_only`` (and not
         SERIALIZABLE), else on the primary."""
-        options: dict[str, Any] = {
-            "isolation_level": isolation_level,
-            "read_only": read_only,
-            "deferrable": deferrable,
-            "statement_timeout": statement_timeout,
-            "lock_timeout": lock_timeout,
-            "idle_in_transaction_session_timeout": idle_in_transaction_session_timeout,
-        }
         self._check_open()
-        if _replica_tx(isolation_level, read_only):
+        if _replica_tx(options):
             exclude = 0
             while (i := self._pick(exclude)) >= 0:
-                block = self._replicas[i].transaction(**options)
                 try:
+                    block = self._replicas[i].transaction(**options)
                     tx = block.__enter__()
                 except Exception as exc:
                     self._state.selector.release(i)

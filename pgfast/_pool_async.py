@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from itertools import count, repeat
 from time import monotonic
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -44,14 +44,15 @@ from ._pool_common import (
     ADAPTERS,
     LIVENESS_CHECK_AFTER,
     RETRYABLE_TX,
-    IsolationLevel,
     Row,
     SQLQuery,
+    TransactionOptions,
     advisory_lock_query,
     backoff,
     begin_statement,
     check_queries,
     check_savepoint_options,
+    check_transaction_options,
     ended,
     input_waiting,
     logger,
@@ -61,6 +62,9 @@ from ._pool_common import (
     sweep_period,
 )
 from ._sql import sql
+
+if TYPE_CHECKING:
+    from ._pool_common import Unpack
 
 T = TypeVar("T")
 ASYNC = False
@@ -276,42 +280,20 @@ class _AsyncQueryable(AsyncBulkMixin):
     def _block(self, begin: str | None) -> _AsyncTransactionBlock:
         raise NotImplementedError
 
-    def transaction(
-        self,
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> _AsyncTransactionBlock:
+    def transaction(self, **options: Unpack[TransactionOptions]) -> _AsyncTransactionBlock:
         """A context manager running its block in one transaction (one attempt).
 
         On a pool the transaction takes a connection of its own; on a dedicated
         connection it runs there.
         """
-        begin = begin_statement(
-            isolation_level,
-            read_only,
-            deferrable,
-            statement_timeout,
-            lock_timeout,
-            idle_in_transaction_session_timeout,
-        )
-        return self._block(begin)
+        return self._block(begin_statement(options))
 
     async def tx(
         self,
         fn: Callable[[AsyncTransaction], Awaitable[T]],
         *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
         retry_serialization_failures: bool | int = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
+        **options: Unpack[TransactionOptions],
     ) -> T:
         """Run ``fn(tx)`` in a transaction: COMMIT and return its result, or ROLLBACK.
 
@@ -319,15 +301,7 @@ class _AsyncQueryable(AsyncBulkMixin):
         the start when ``retry_serialization_failures`` allows more attempts.
         """
         attempts = retry_attempts(retry_serialization_failures)
-        block = self.transaction(
-            isolation_level=isolation_level,
-            read_only=read_only,
-            deferrable=deferrable,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
-        )
-        return await _run_tx(block, fn, attempts)
+        return await _run_tx(self.transaction(**options), fn, attempts)
 
     async def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> AsyncGenerator[Row, None]:
         """Yield the rows of ``q``, fetched ``batch_size`` at a time through a server cursor.
@@ -922,51 +896,22 @@ class AsyncTransaction(AsyncConnection):
         self._savepoints = count(1)
         self._sent = sent  # shared by the transaction and its savepoints
 
-    def transaction(
-        self,
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> _AsyncTransactionBlock:
+    def transaction(self, **options: Unpack[TransactionOptions]) -> _AsyncTransactionBlock:
         """A SAVEPOINT: an error in the block rolls back to it and re-raises."""
-        check_savepoint_options(
-            {
-                "isolation_level": isolation_level,
-                "read_only": read_only,
-                "deferrable": deferrable,
-                "statement_timeout": statement_timeout,
-                "lock_timeout": lock_timeout,
-                "idle_in_transaction_session_timeout": idle_in_transaction_session_timeout,
-            }
-        )
+        check_transaction_options(options)
+        check_savepoint_options(options)
         return _AsyncTransactionBlock(self._pool_ref, self, None)
 
     async def tx(
         self,
         fn: Callable[[AsyncTransaction], Awaitable[T]],
         *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
         retry_serialization_failures: bool | int = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
+        **options: Unpack[TransactionOptions],
     ) -> T:
         """Run ``fn(savepoint)`` in a SAVEPOINT; retries belong to the outermost ``tx``."""
         check_savepoint_options({"retry_serialization_failures": retry_serialization_failures})
-        async with self.transaction(
-            isolation_level=isolation_level,
-            read_only=read_only,
-            deferrable=deferrable,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
-        ) as savepoint:
+        async with self.transaction(**options) as savepoint:
             return await _settle(fn(savepoint), "tx")
 
     def add_post_commit_step(self, fn: Callable[[], Any]) -> None:

@@ -6,8 +6,9 @@ import enum
 import logging
 import random
 import select
-from collections.abc import Callable
-from typing import Any, NoReturn, TypeAlias
+import sys
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypedDict
 
 import psycopg
 from psycopg.adapt import AdaptersMap
@@ -17,6 +18,12 @@ from . import _impl
 from ._config import check_seconds, millis
 from ._exceptions import Error
 from ._sql import SQLQuery as SQLQuery  # re-exported for the pool and cluster modules
+
+if TYPE_CHECKING:
+    if sys.version_info >= (3, 11):
+        from typing import Unpack as Unpack
+    else:
+        from typing_extensions import Unpack as Unpack
 
 logger = logging.getLogger("pgfast")
 
@@ -118,27 +125,46 @@ def _isolation(level: IsolationLevel | str) -> str:
     )
 
 
-def begin_statement(
-    isolation_level: IsolationLevel | str | None,
-    read_only: bool | None,
-    deferrable: bool | None,
-    statement_timeout: float | None,
-    lock_timeout: float | None,
-    idle_in_transaction_session_timeout: float | None,
-) -> str:
+class TransactionOptions(TypedDict, total=False):
+    """The keyword options of ``transaction()`` and ``tx()``, everywhere they exist."""
+
+    isolation_level: IsolationLevel | str | None
+    read_only: bool | None
+    deferrable: bool | None
+    statement_timeout: float | None
+    lock_timeout: float | None
+    idle_in_transaction_session_timeout: float | None
+
+
+def check_transaction_options(options: Mapping[str, object]) -> None:
+    """A TypeError naming the first unknown option: ``**options`` accepts any name."""
+    known = TransactionOptions.__optional_keys__
+    for name in options:
+        if name not in known:
+            raise TypeError(
+                f"unknown transaction option {name!r}; the options are "
+                f"{', '.join(sorted(known))} (and retry_serialization_failures for tx())"
+            )
+
+
+def begin_statement(options: TransactionOptions) -> str:
     """BEGIN with its options and SET LOCALs, as one multi-statement text (one round trip)."""
+    check_transaction_options(options)
     words = ["BEGIN"]
+    isolation_level = options.get("isolation_level")
     if isolation_level is not None:
         words.append("ISOLATION LEVEL " + _isolation(isolation_level).upper())
+    read_only = options.get("read_only")
     if read_only is not None:
         words.append("READ ONLY" if read_only else "READ WRITE")
+    deferrable = options.get("deferrable")
     if deferrable is not None:
         words.append("DEFERRABLE" if deferrable else "NOT DEFERRABLE")
     statements = [" ".join(words)]
     for name, seconds in (
-        ("statement_timeout", statement_timeout),
-        ("lock_timeout", lock_timeout),
-        ("idle_in_transaction_session_timeout", idle_in_transaction_session_timeout),
+        ("statement_timeout", options.get("statement_timeout")),
+        ("lock_timeout", options.get("lock_timeout")),
+        ("idle_in_transaction_session_timeout", options.get("idle_in_transaction_session_timeout")),
     ):
         if seconds is not None:
             check_seconds(name, seconds, allow_none=False)
@@ -146,7 +172,8 @@ def begin_statement(
     return "; ".join(statements)
 
 
-def check_savepoint_options(options: dict[str, Any]) -> None:
+def check_savepoint_options(options: Mapping[str, object]) -> None:
+    """A savepoint takes no options: each set one is an error naming it."""
     for name, value in options.items():
         if value not in (None, False):
             raise ValueError(

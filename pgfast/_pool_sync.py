@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from itertools import count, repeat
 from time import monotonic
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -46,14 +46,15 @@ from ._pool_common import (
     ADAPTERS,
     LIVENESS_CHECK_AFTER,
     RETRYABLE_TX,
-    IsolationLevel,
     Row,
     SQLQuery,
+    TransactionOptions,
     advisory_lock_query,
     backoff,
     begin_statement,
     check_queries,
     check_savepoint_options,
+    check_transaction_options,
     ended,
     input_waiting,
     logger,
@@ -63,6 +64,9 @@ from ._pool_common import (
     sweep_period,
 )
 from ._sql import sql
+
+if TYPE_CHECKING:
+    from ._pool_common import Unpack
 
 T = TypeVar("T")
 ASYNC = False
@@ -275,42 +279,20 @@ class _Queryable(BulkMixin):
     def _block(self, begin: str | None) -> _TransactionBlock:
         raise NotImplementedError
 
-    def transaction(
-        self,
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> _TransactionBlock:
+    def transaction(self, **options: Unpack[TransactionOptions]) -> _TransactionBlock:
         """A context manager running its block in one transaction (one attempt).
 
         On a pool the transaction takes a connection of its own; on a dedicated
         connection it runs there.
         """
-        begin = begin_statement(
-            isolation_level,
-            read_only,
-            deferrable,
-            statement_timeout,
-            lock_timeout,
-            idle_in_transaction_session_timeout,
-        )
-        return self._block(begin)
+        return self._block(begin_statement(options))
 
     def tx(
         self,
         fn: Callable[[Transaction], T],
         *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
         retry_serialization_failures: bool | int = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
+        **options: Unpack[TransactionOptions],
     ) -> T:
         """Run ``fn(tx)`` in a transaction: COMMIT and return its result, or ROLLBACK.
 
@@ -318,15 +300,7 @@ class _Queryable(BulkMixin):
         the start when ``retry_serialization_failures`` allows more attempts.
         """
         attempts = retry_attempts(retry_serialization_failures)
-        block = self.transaction(
-            isolation_level=isolation_level,
-            read_only=read_only,
-            deferrable=deferrable,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
-        )
-        return _run_tx(block, fn, attempts)
+        return _run_tx(self.transaction(**options), fn, attempts)
 
     def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> Generator[Row, None, None]:
         """Yield the rows of ``q``, fetched ``batch_size`` at a time through a server cursor.
@@ -900,51 +874,22 @@ class Transaction(Connection):
         self._savepoints = count(1)
         self._sent = sent  # shared by the transaction and its savepoints
 
-    def transaction(
-        self,
-        *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
-    ) -> _TransactionBlock:
+    def transaction(self, **options: Unpack[TransactionOptions]) -> _TransactionBlock:
         """A SAVEPOINT: an error in the block rolls back to it and re-raises."""
-        check_savepoint_options(
-            {
-                "isolation_level": isolation_level,
-                "read_only": read_only,
-                "deferrable": deferrable,
-                "statement_timeout": statement_timeout,
-                "lock_timeout": lock_timeout,
-                "idle_in_transaction_session_timeout": idle_in_transaction_session_timeout,
-            }
-        )
+        check_transaction_options(options)
+        check_savepoint_options(options)
         return _TransactionBlock(self._pool_ref, self, None)
 
     def tx(
         self,
         fn: Callable[[Transaction], T],
         *,
-        isolation_level: IsolationLevel | str | None = None,
-        read_only: bool | None = None,
-        deferrable: bool | None = None,
         retry_serialization_failures: bool | int = False,
-        statement_timeout: float | None = None,
-        lock_timeout: float | None = None,
-        idle_in_transaction_session_timeout: float | None = None,
+        **options: Unpack[TransactionOptions],
     ) -> T:
         """Run ``fn(savepoint)`` in a SAVEPOINT; retries belong to the outermost ``tx``."""
         check_savepoint_options({"retry_serialization_failures": retry_serialization_failures})
-        with self.transaction(
-            isolation_level=isolation_level,
-            read_only=read_only,
-            deferrable=deferrable,
-            statement_timeout=statement_timeout,
-            lock_timeout=lock_timeout,
-            idle_in_transaction_session_timeout=idle_in_transaction_session_timeout,
-        ) as savepoint:
+        with self.transaction(**options) as savepoint:
             return _settle(fn(savepoint), "tx")
 
     def add_post_commit_step(self, fn: Callable[[], Any]) -> None:

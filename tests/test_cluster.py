@@ -397,7 +397,7 @@ def test_a_transaction_refused_before_it_starts_runs_on_the_primary(
 ) -> None:
     # Were SERIALIZABLE routed to a replica, its BEGIN would fail there (0A000)
     # before the function starts: the primary then runs the transaction.
-    monkeypatch.setattr(_cluster_sync, "_replica_tx", lambda level, read_only: bool(read_only))
+    monkeypatch.setattr(_cluster_sync, "_replica_tx", lambda opts: bool(opts.get("read_only")))
     level = sql.unsafe("/* begin */ SELECT current_setting('transaction_isolation')")
     options: dict[str, Any] = {"read_only": True, "isolation_level": "serializable"}
     assert db.tx(lambda tx: tx.query_value(level), **options) == "serializable"

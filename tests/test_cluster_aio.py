@@ -79,6 +79,26 @@ async def test_routing(db: AsyncCluster, rec: Recorder, table: str) -> None:  # 
     assert rec.counts(write) == [4, 0, 0]
 
 
+async def test_bad_transaction_options_are_named_and_hold_nothing(db: AsyncCluster) -> None:
+    async def read(tx: Any) -> Any:
+        return await tx.query_value(sql("SELECT 1"))
+
+    with pytest.raises(TypeError, match="unknown transaction option 'readonly'"):
+        await db.tx(read, readonly=True)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unknown transaction option 'readonly'"):
+        async with db.transaction(readonly=True):  # type: ignore[call-arg]
+            pass
+    # A bad value fails after a replica was picked: it must be released.
+    for _ in range(3):
+        with pytest.raises(ValueError, match="statement_timeout"):
+            async with db.transaction(read_only=True, statement_timeout=-1):
+                pass
+        with pytest.raises(ValueError, match="statement_timeout"):
+            await db.tx(read, read_only=True, statement_timeout=-1)
+    assert [r["in_flight"] for r in db.stats()["replicas"]] == [0, 0]
+    assert await db.tx(read, read_only=True) == 1
+
+
 async def test_a_write_refused_by_a_replica_runs_on_the_primary(
     pg_cluster: LocalCluster,
     db: AsyncCluster,

@@ -261,6 +261,12 @@ async def test_tx_options(db: AsyncConnectionPool) -> None:
     assert await db.query_value(sql("SHOW statement_timeout")) == "0"
     with pytest.raises(ValueError, match="isolation_level"):
         await db.tx(settings, isolation_level="sometimes")
+    # The options travel as **options, so a misspelt one is caught by name.
+    with pytest.raises(TypeError, match="unknown transaction option 'isolation_levl'"):
+        await db.tx(settings, isolation_levl="serializable")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unknown transaction option 'readonly'"):
+        db.transaction(readonly=True)  # type: ignore[call-arg]
+    assert db.stats()["in_use"] == 0, "a rejected option must hold no connection"
 
 
 async def test_read_only_tx_refuses_writes(db: AsyncConnectionPool, table: Any) -> None:
@@ -344,6 +350,8 @@ async def test_transaction_context_manager_and_savepoints(
         await tx.tx(inner)
         with pytest.raises(ValueError, match="nested transaction"):
             tx.transaction(isolation_level="serializable")
+        with pytest.raises(TypeError, match="unknown transaction option 'isolation'"):
+            await tx.tx(inner, isolation="serializable")  # type: ignore[call-arg]
         with pytest.raises(ValueError, match="nested transaction"):
             await tx.tx(inner, retry_serialization_failures=True)
     rows = await db.query(sql("SELECT id FROM {} ORDER BY id", table))

@@ -142,19 +142,29 @@ def test_password_callable_result_is_redacted() -> None:
 
 
 def test_begin_statement() -> None:
-    assert begin_statement(None, None, None, None, None, None) == "BEGIN"
-    assert begin_statement(IsolationLevel.SERIALIZABLE, True, True, 0.25, None, 10) == (
+    assert begin_statement({}) == "BEGIN"
+    assert begin_statement(
+        {
+            "isolation_level": IsolationLevel.SERIALIZABLE,
+            "read_only": True,
+            "deferrable": True,
+            "statement_timeout": 0.25,
+            "idle_in_transaction_session_timeout": 10,
+        }
+    ) == (
         "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY DEFERRABLE; "
         "SET LOCAL statement_timeout = 250; "
         "SET LOCAL idle_in_transaction_session_timeout = 10000"
     )
-    assert begin_statement("Read_Committed", False, False, None, None, None) == (
-        "BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE NOT DEFERRABLE"
-    )
+    assert begin_statement(
+        {"isolation_level": "Read_Committed", "read_only": False, "deferrable": False}
+    ) == ("BEGIN ISOLATION LEVEL READ COMMITTED READ WRITE NOT DEFERRABLE")
     with pytest.raises(ValueError, match="isolation_level"):
-        begin_statement("snapshot", None, None, None, None, None)
+        begin_statement({"isolation_level": "snapshot"})
     with pytest.raises(ValueError, match="lock_timeout"):
-        begin_statement(None, None, None, None, -1, None)
+        begin_statement({"lock_timeout": -1})
+    with pytest.raises(TypeError, match=r"unknown transaction option 'timeout'.*lock_timeout"):
+        begin_statement({"timeout": 1})  # type: ignore[typeddict-unknown-key]
 
 
 def test_code_frame_marks_the_token() -> None:

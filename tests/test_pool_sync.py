@@ -263,6 +263,12 @@ def test_tx_options(db: ConnectionPool) -> None:
     assert db.query_value(sql("SHOW statement_timeout")) == "0"
     with pytest.raises(ValueError, match="isolation_level"):
         db.tx(settings, isolation_level="sometimes")
+    # The options travel as **options, so a misspelt one is caught by name.
+    with pytest.raises(TypeError, match="unknown transaction option 'isolation_levl'"):
+        db.tx(settings, isolation_levl="serializable")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unknown transaction option 'readonly'"):
+        db.transaction(readonly=True)  # type: ignore[call-arg]
+    assert db.stats()["in_use"] == 0, "a rejected option must hold no connection"
 
 
 def test_read_only_tx_refuses_writes(db: ConnectionPool, table: Any) -> None:
@@ -343,6 +349,8 @@ def test_transaction_context_manager_and_savepoints(db: ConnectionPool, table: A
         tx.tx(inner)
         with pytest.raises(ValueError, match="nested transaction"):
             tx.transaction(isolation_level="serializable")
+        with pytest.raises(TypeError, match="unknown transaction option 'isolation'"):
+            tx.tx(inner, isolation="serializable")  # type: ignore[call-arg]
         with pytest.raises(ValueError, match="nested transaction"):
             tx.tx(inner, retry_serialization_failures=True)
     rows = db.query(sql("SELECT id FROM {} ORDER BY id", table))

@@ -22,4 +22,6 @@ async def main() -> None:
     count: str = db.execute(sql("DELETE FROM t"))  # E: Incompatible types in assignment
     db.tx(lambda: None)  # E: incompatible type
     await adb.tx(not_async)  # E: incompatible type
+    db.tx(lambda tx: None, isolation_levl="serializable")  # E: Unexpected keyword argument
+    db.transaction(read_only="yes")  # E: incompatible type "str"
     print(count)
