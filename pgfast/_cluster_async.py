@@ -419,6 +419,8 @@ class AsyncCluster:
     async def _pick(self, exclude: int) -> int:
         """A replica (counted in flight) for a read, or -1 for the primary."""
         state = self._state
+        if state.await_first_round and not self._health.measured:
+            await self._health.wait_measured()
         i: int = state.selector.pick(state.eligible(exclude))
         if i >= 0 or not state.token():
             return i
@@ -504,6 +506,7 @@ class AsyncCluster:
                     if position is not None:
                         self._state.record_primary(position, at)
                 await runner.each(len(self._replicas), probe_replica)
+                runner.round_done()
                 if await runner.sleep(self._interval):
                     break
         finally:

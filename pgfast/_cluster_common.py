@@ -166,6 +166,9 @@ class ClusterState:
         self.max_replica_lag = max_replica_lag
         self.read_your_writes = read_your_writes
         self.fallback_to_primary = fallback_to_primary
+        # Until a first health round has measured lag, no replica is close enough;
+        # without a fallback a read then waits for that round rather than failing.
+        self.await_first_round = max_replica_lag is not None and not fallback_to_primary
         self.replay_lsn: list[int | None] = [None] * replica_count
         self.lag: list[float | None] = [None] * replica_count
         self.primary_queries = 0
@@ -364,13 +367,19 @@ class AsyncHealthRunner:
         self._stop_timeout = stop_timeout
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self.measured = False  # a first round has completed
+        self._measured = asyncio.Event()
 
     def ensure_started(self) -> None:
         """Start the loop in the running event loop, unless it already runs there."""
         task = self._task
         if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
             return
+        # Events are bound to the loop that first waits on them: new ones per loop.
         self._stop = asyncio.Event()
+        self._measured = asyncio.Event()
+        if self.measured:
+            self._measured.set()
         self._task = asyncio.get_running_loop().create_task(self._body(self))
 
     async def sleep(self, seconds: float) -> bool:
@@ -378,6 +387,16 @@ class AsyncHealthRunner:
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
         return self._stop.is_set()
+
+    def round_done(self) -> None:
+        """Called by the loop after each round."""
+        self.measured = True
+        self._measured.set()
+
+    async def wait_measured(self) -> None:
+        """Wait for the first round to complete (at most the time a round may take)."""
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._measured.wait(), self._stop_timeout)
 
     @staticmethod
     async def each(count: int, probe: Callable[[int], Awaitable[None]]) -> None:
@@ -408,6 +427,8 @@ class HealthRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self.measured = False  # a first round has completed
+        self._measured = threading.Event()
 
     def ensure_started(self) -> None:
         """Start the thread once."""
@@ -423,6 +444,15 @@ class HealthRunner:
     def sleep(self, seconds: float) -> bool:
         """Wait ``seconds``; True when the loop must stop."""
         return self._stop.wait(seconds)
+
+    def round_done(self) -> None:
+        """Called by the loop after each round."""
+        self.measured = True
+        self._measured.set()
+
+    def wait_measured(self) -> None:
+        """Wait for the first round to complete (at most the time a round may take)."""
+        self._measured.wait(self._stop_timeout)
 
     @staticmethod
     def each(count: int, probe: Callable[[int], None]) -> None:
@@ -508,6 +538,10 @@ def create_cluster(
         raise TypeError(f"replicas must be a list of pools, not {type(replicas).__name__}")
     if not replicas:
         raise ValueError("a cluster needs at least one replica (replicas is empty)")
+    if len(replicas) > _impl.selector.MAX_NODES:
+        raise ValueError(
+            f"a cluster takes at most {_impl.selector.MAX_NODES} replicas, got {len(replicas)}"
+        )
     _check_options(balance, max_replica_lag, health_check_interval)
     pools = [primary, *replicas]
     cls: type[Cluster] | type[AsyncCluster]

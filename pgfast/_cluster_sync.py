@@ -409,6 +409,8 @@ class Cluster:
     def _pick(self, exclude: int) -> int:
         """A replica (counted in flight) for a read, or -1 for the primary."""
         state = self._state
+        if state.await_first_round and not self._health.measured:
+            self._health.wait_measured()
         i: int = state.selector.pick(state.eligible(exclude))
         if i >= 0 or not state.token():
             return i
@@ -494,6 +496,7 @@ class Cluster:
                     if position is not None:
                         self._state.record_primary(position, at)
                 runner.each(len(self._replicas), probe_replica)
+                runner.round_done()
                 if runner.sleep(self._interval):
                     break
         finally:

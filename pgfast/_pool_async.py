@@ -771,7 +771,9 @@ class AsyncConnectionPool(_AsyncQueryable):
                     await self._control(conn, "ROLLBACK")
             finally:
                 await self._release(conn)
-        await dedicated._run_post_commit()
+            # Only committed transactions left steps here: they run even when the
+            # block went on to raise, since their work is in the database.
+            await dedicated._run_post_commit()
 
     async def task(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``fn(connection)`` with a dedicated connection and return its result."""

@@ -754,7 +754,9 @@ class ConnectionPool(_Queryable):
                     self._control(conn, "ROLLBACK")
             finally:
                 self._release(conn)
-        dedicated._run_post_commit()
+            # Only committed transactions left steps here: they run even when the
+            # block went on to raise, since their work is in the database.
+            dedicated._run_post_commit()
 
     def task(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` with a dedicated connection and return its result."""

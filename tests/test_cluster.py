@@ -157,6 +157,8 @@ def test_create_cluster_checks_its_arguments() -> None:
         create_cluster(sync_pools[0], [async_pool])
     with pytest.raises(TypeError, match="replicas must be a list"):
         create_cluster(sync_pools[0], sync_pools[1])  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="at most 64 replicas, got 65"):
+        create_cluster(sync_pools[0], [sync_pools[1]] * 65)
     with pytest.raises(ValueError, match="balance must be one of"):
         create_cluster(sync_pools[0], sync_pools[1:], balance="fastest")
     for bad in (0, -1, "1", True):
@@ -610,6 +612,17 @@ def test_lagging_replica_is_skipped(pg_cluster: LocalCluster, rec: Recorder, tab
         for _ in range(10):
             db.query(sql.unsafe("/* again */ SELECT 1"))
         assert rec.counts("/* again */") == [0, 5, 5]
+
+
+def test_first_reads_wait_for_lag_to_be_measured_without_a_fallback(
+    pg_cluster: LocalCluster, rec: Recorder
+) -> None:
+    # Until the first health round no replica is known to be close enough; with
+    # no fallback to the primary, a read waits for that round instead of failing.
+    with make_cluster(pg_cluster, rec, max_replica_lag=5, fallback_to_primary=False) as db:
+        assert db.query_value(sql.unsafe("/* first */ SELECT 1")) == 1
+        assert rec.counts("/* first */")[0] == 0
+        assert sum(rec.counts("/* first */")) == 1
 
 
 def test_read_your_writes_with_replay_paused(

@@ -99,6 +99,16 @@ async def test_bad_transaction_options_are_named_and_hold_nothing(db: AsyncClust
     assert await db.tx(read, read_only=True) == 1
 
 
+async def test_first_reads_wait_for_lag_to_be_measured_without_a_fallback(
+    pg_cluster: LocalCluster, rec: Recorder
+) -> None:
+    first = sql.unsafe("/* first */ SELECT 1")
+    async with make_cluster(pg_cluster, rec, max_replica_lag=5, fallback_to_primary=False) as db:
+        assert await asyncio.gather(*(db.query_value(first) for _ in range(10))) == [1] * 10
+    assert rec.counts("/* first */")[0] == 0
+    assert sum(rec.counts("/* first */")) == 10
+
+
 async def test_a_write_refused_by_a_replica_runs_on_the_primary(
     pg_cluster: LocalCluster,
     db: AsyncCluster,

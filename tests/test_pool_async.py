@@ -358,6 +358,24 @@ async def test_transaction_context_manager_and_savepoints(
     assert rows == [{"id": 1}, {"id": 3}]
 
 
+async def test_post_commit_steps_on_a_dedicated_connection_survive_a_later_error(
+    db: AsyncConnectionPool,
+) -> None:
+    seen: list[str] = []
+    with pytest.raises(RuntimeError, match="after the commit"):
+        async with db.connection() as conn:
+            async with conn.transaction() as tx:
+                tx.add_post_commit_step(lambda: seen.append("committed"))
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                async with conn.transaction() as tx:
+                    tx.add_post_commit_step(lambda: seen.append("rolled back"))
+                    await tx.execute(sql("SELECT 1 / 0"))
+            assert seen == [], "steps wait until the connection is released"
+            raise RuntimeError("after the commit")
+    assert seen == ["committed"]
+    assert db.stats()["in_use"] == 0
+
+
 async def test_failed_statement_poisons_the_transaction(
     db: AsyncConnectionPool, table: Any
 ) -> None:

@@ -357,6 +357,22 @@ def test_transaction_context_manager_and_savepoints(db: ConnectionPool, table: A
     assert rows == [{"id": 1}, {"id": 3}]
 
 
+def test_post_commit_steps_on_a_dedicated_connection_survive_a_later_error(
+    db: ConnectionPool,
+) -> None:
+    seen: list[str] = []
+    with pytest.raises(RuntimeError, match="after the commit"), db.connection() as conn:
+        with conn.transaction() as tx:
+            tx.add_post_commit_step(lambda: seen.append("committed"))
+        with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction() as tx:
+            tx.add_post_commit_step(lambda: seen.append("rolled back"))
+            tx.execute(sql("SELECT 1 / 0"))
+        assert seen == [], "steps wait until the connection is released"
+        raise RuntimeError("after the commit")
+    assert seen == ["committed"]
+    assert db.stats()["in_use"] == 0
+
+
 def test_failed_statement_poisons_the_transaction(db: ConnectionPool, table: Any) -> None:
     def swallow(tx: Transaction) -> None:
         tx.execute(sql("INSERT INTO {} VALUES (1, 'a')", table))
