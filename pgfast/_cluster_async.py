@@ -22,7 +22,7 @@ from collections.abc import (
 )
 from contextlib import aclosing, asynccontextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import generators
@@ -53,14 +53,12 @@ from ._pool_common import (
     Row,
     SQLQuery,
     TransactionOptions,
+    Unpack,
     _isolation,
     check_queries,
     check_transaction_options,
     not_a_query,
 )
-
-if TYPE_CHECKING:
-    from ._pool_common import Unpack
 
 Records = Sequence[Any]
 
@@ -239,7 +237,7 @@ class AsyncCluster:
                 try:
                     block = self._replicas[i].transaction(**options)
                     tx = await block.__aenter__()
-                except Exception as exc:
+                except BaseException as exc:  # a cancellation too must release it
                     self._state.selector.release(i)
                     failure = classify_failure(exc)
                     if failure is Failure.QUERY_ERROR:
@@ -432,7 +430,7 @@ class AsyncCluster:
             async with self._replicas[i]._raw_connection() as conn:
                 cur = await conn.execute(REPLAY_LSN_SQL)
                 row = await cur.fetchone()
-        except Exception as exc:
+        except BaseException as exc:  # a cancellation too must release it
             state.selector.release(i)
             if classify_failure(exc) is not Failure.NODE_DOWN:
                 raise

@@ -22,7 +22,7 @@ from collections.abc import (
 )
 from contextlib import closing, contextmanager
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg import generators
@@ -47,6 +47,7 @@ from ._pool_common import (
     Row,
     SQLQuery,
     TransactionOptions,
+    Unpack,
     _isolation,
     check_queries,
     check_transaction_options,
@@ -58,9 +59,6 @@ from ._pool_sync import (
     Transaction,
     _Queryable,
 )
-
-if TYPE_CHECKING:
-    from ._pool_common import Unpack
 
 Records = Sequence[Any]
 
@@ -237,7 +235,7 @@ class Cluster:
                 try:
                     block = self._replicas[i].transaction(**options)
                     tx = block.__enter__()
-                except Exception as exc:
+                except BaseException as exc:  # a cancellation too must release it
                     self._state.selector.release(i)
                     failure = classify_failure(exc)
                     if failure is Failure.QUERY_ERROR:
@@ -422,7 +420,7 @@ class Cluster:
             with self._replicas[i]._raw_connection() as conn:
                 cur = conn.execute(REPLAY_LSN_SQL)
                 row = cur.fetchone()
-        except Exception as exc:
+        except BaseException as exc:  # a cancellation too must release it
             state.selector.release(i)
             if classify_failure(exc) is not Failure.NODE_DOWN:
                 raise

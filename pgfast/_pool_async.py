@@ -28,7 +28,7 @@ from contextlib import asynccontextmanager
 from itertools import count, repeat
 from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -47,6 +47,7 @@ from ._pool_common import (
     Row,
     SQLQuery,
     TransactionOptions,
+    Unpack,
     advisory_lock_query,
     backoff,
     begin_statement,
@@ -62,9 +63,6 @@ from ._pool_common import (
     sweep_period,
 )
 from ._sql import sql
-
-if TYPE_CHECKING:
-    from ._pool_common import Unpack
 
 T = TypeVar("T")
 ASYNC = False
@@ -764,16 +762,40 @@ class AsyncConnectionPool(_AsyncQueryable):
         dedicated = AsyncConnection(self, conn)
         try:
             yield dedicated
-        finally:
-            dedicated._conn = None
-            try:
-                if conn.pgconn.transaction_status != IDLE and not conn.closed:
+        except BaseException as exc:
+            await self._end_dedicated(dedicated, conn, exc)
+            # Only committed transactions left steps here: their work is in the
+            # database, so they run after an error too (without hiding it). A
+            # cancellation or an interrupt must not wait on user code: dropped.
+            if isinstance(exc, (Exception, GeneratorExit)):
+                await dedicated._run_post_commit(exc)
+            elif dedicated._post_commit:
+                logger.warning(
+                    "pgfast: %d post-commit step(s) dropped: the connection block was "
+                    "interrupted (%s)",
+                    len(dedicated._post_commit),
+                    type(exc).__name__,
+                )
+            raise
+        await self._end_dedicated(dedicated, conn, None)
+        await dedicated._run_post_commit()
+
+    async def _end_dedicated(
+        self, dedicated: AsyncConnection, conn: _PgConnection, error: BaseException | None
+    ) -> None:
+        """Roll back what the block left open and return the connection to the pool."""
+        dedicated._conn = None
+        try:
+            if conn.pgconn.transaction_status != IDLE and not conn.closed:
+                try:
                     await self._control(conn, "ROLLBACK")
-            finally:
-                await self._release(conn)
-            # Only committed transactions left steps here: they run even when the
-            # block went on to raise, since their work is in the database.
-            await dedicated._run_post_commit()
+                except psycopg.Error as failure:
+                    if error is None:
+                        raise
+                    # Keep the block's error; the pool discards a broken connection.
+                    logger.warning("pgfast: ROLLBACK failed: %s", failure)
+        finally:
+            await self._release(conn)
 
     async def task(self, fn: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run ``fn(connection)`` with a dedicated connection and return its result."""
@@ -866,10 +888,17 @@ class AsyncConnection(_AsyncQueryable):
     async def _release(self, conn: _PgConnection) -> None:
         pass
 
-    async def _run_post_commit(self) -> None:
+    async def _run_post_commit(self, pending: BaseException | None = None) -> None:
+        """Run the steps; with an error ``pending``, a failing step is logged, not raised."""
         steps, self._post_commit = self._post_commit, []
         for step in steps:
-            await _call(step)
+            if pending is None:
+                await _call(step)
+                continue
+            try:
+                await _call(step)
+            except Exception:
+                logger.exception("pgfast: a post-commit step failed (after %r)", pending)
 
     def _block(self, begin: str | None) -> _AsyncTransactionBlock:
         return _AsyncTransactionBlock(self._pool_ref, self, begin)

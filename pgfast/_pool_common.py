@@ -8,7 +8,7 @@ import random
 import select
 import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, NoReturn, TypeAlias, TypedDict
+from typing import Any, NoReturn, TypeAlias, TypedDict
 
 import psycopg
 from psycopg.adapt import AdaptersMap
@@ -19,11 +19,12 @@ from ._config import check_seconds, millis
 from ._exceptions import Error
 from ._sql import SQLQuery as SQLQuery  # re-exported for the pool and cluster modules
 
-if TYPE_CHECKING:
-    if sys.version_info >= (3, 11):
-        from typing import Unpack as Unpack
-    else:
-        from typing_extensions import Unpack as Unpack
+# Imported at run time too, so that typing.get_type_hints() resolves the
+# signatures using it; psycopg_pool depends on typing_extensions.
+if sys.version_info >= (3, 11):
+    from typing import Unpack as Unpack
+else:
+    from typing_extensions import Unpack as Unpack
 
 logger = logging.getLogger("pgfast")
 

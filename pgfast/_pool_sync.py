@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from itertools import count, repeat
 from time import monotonic
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -49,6 +49,7 @@ from ._pool_common import (
     Row,
     SQLQuery,
     TransactionOptions,
+    Unpack,
     advisory_lock_query,
     backoff,
     begin_statement,
@@ -64,9 +65,6 @@ from ._pool_common import (
     sweep_period,
 )
 from ._sql import sql
-
-if TYPE_CHECKING:
-    from ._pool_common import Unpack
 
 T = TypeVar("T")
 ASYNC = False
@@ -747,16 +745,40 @@ class ConnectionPool(_Queryable):
         dedicated = Connection(self, conn)
         try:
             yield dedicated
-        finally:
-            dedicated._conn = None
-            try:
-                if conn.pgconn.transaction_status != IDLE and not conn.closed:
+        except BaseException as exc:
+            self._end_dedicated(dedicated, conn, exc)
+            # Only committed transactions left steps here: their work is in the
+            # database, so they run after an error too (without hiding it). A
+            # cancellation or an interrupt must not wait on user code: dropped.
+            if isinstance(exc, (Exception, GeneratorExit)):
+                dedicated._run_post_commit(exc)
+            elif dedicated._post_commit:
+                logger.warning(
+                    "pgfast: %d post-commit step(s) dropped: the connection block was "
+                    "interrupted (%s)",
+                    len(dedicated._post_commit),
+                    type(exc).__name__,
+                )
+            raise
+        self._end_dedicated(dedicated, conn, None)
+        dedicated._run_post_commit()
+
+    def _end_dedicated(
+        self, dedicated: Connection, conn: _PgConnection, error: BaseException | None
+    ) -> None:
+        """Roll back what the block left open and return the connection to the pool."""
+        dedicated._conn = None
+        try:
+            if conn.pgconn.transaction_status != IDLE and not conn.closed:
+                try:
                     self._control(conn, "ROLLBACK")
-            finally:
-                self._release(conn)
-            # Only committed transactions left steps here: they run even when the
-            # block went on to raise, since their work is in the database.
-            dedicated._run_post_commit()
+                except psycopg.Error as failure:
+                    if error is None:
+                        raise
+                    # Keep the block's error; the pool discards a broken connection.
+                    logger.warning("pgfast: ROLLBACK failed: %s", failure)
+        finally:
+            self._release(conn)
 
     def task(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` with a dedicated connection and return its result."""
@@ -844,10 +866,17 @@ class Connection(_Queryable):
     def _release(self, conn: _PgConnection) -> None:
         pass
 
-    def _run_post_commit(self) -> None:
+    def _run_post_commit(self, pending: BaseException | None = None) -> None:
+        """Run the steps; with an error ``pending``, a failing step is logged, not raised."""
         steps, self._post_commit = self._post_commit, []
         for step in steps:
-            _call(step)
+            if pending is None:
+                _call(step)
+                continue
+            try:
+                _call(step)
+            except Exception:
+                logger.exception("pgfast: a post-commit step failed (after %r)", pending)
 
     def _block(self, begin: str | None) -> _TransactionBlock:
         return _TransactionBlock(self._pool_ref, self, begin)

@@ -99,6 +99,30 @@ async def test_bad_transaction_options_are_named_and_hold_nothing(db: AsyncClust
     assert await db.tx(read, read_only=True) == 1
 
 
+async def test_a_cancelled_replica_transaction_holds_no_in_flight_count(
+    pg_cluster: LocalCluster,
+) -> None:
+    urls = [pg_cluster.primary_url, *pg_cluster.replica_urls]
+    pools = [create_async_pool(u, pool_size=1) for u in urls]
+    async with create_cluster(pools[0], pools[1:], balance="least_busy") as db:
+
+        async def read() -> None:
+            async with db.transaction(read_only=True) as tx:
+                await tx.query_value(sql("SELECT 1"))
+
+        async with pools[1].connection(), pools[2].connection():  # every replica busy
+            task = asyncio.create_task(read())
+            await wait_until(
+                "a read waiting for a replica",
+                lambda: sum(p.stats()["waiting"] for p in pools[1:]) == 1,
+            )
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        assert [r["in_flight"] for r in db.stats()["replicas"]] == [0, 0]
+        assert all(r["up"] for r in db.stats()["replicas"])
+
+
 async def test_first_reads_wait_for_lag_to_be_measured_without_a_fallback(
     pg_cluster: LocalCluster, rec: Recorder
 ) -> None:

@@ -359,21 +359,82 @@ async def test_transaction_context_manager_and_savepoints(
 
 
 async def test_post_commit_steps_on_a_dedicated_connection_survive_a_later_error(
-    db: AsyncConnectionPool,
+    db: AsyncConnectionPool, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[str] = []
-    with pytest.raises(RuntimeError, match="after the commit"):
+
+    def failing_step() -> None:
+        raise RuntimeError("the step failed")
+
+    caplog.set_level(logging.ERROR, logger="pgfast")
+    with pytest.raises(ValueError, match="after the commit"):
         async with db.connection() as conn:
             async with conn.transaction() as tx:
                 tx.add_post_commit_step(lambda: seen.append("committed"))
+                tx.add_post_commit_step(failing_step)
+                tx.add_post_commit_step(lambda: seen.append("after the failing step"))
             with pytest.raises(psycopg.errors.DivisionByZero):
                 async with conn.transaction() as tx:
                     tx.add_post_commit_step(lambda: seen.append("rolled back"))
                     await tx.execute(sql("SELECT 1 / 0"))
             assert seen == [], "steps wait until the connection is released"
-            raise RuntimeError("after the commit")
+            raise ValueError("after the commit")
+    # The block's error is the one raised; the failing step is logged, not lost.
+    assert seen == ["committed", "after the failing step"]
+    assert "a post-commit step failed" in caplog.text and "the step failed" in caplog.text
+    assert db.stats()["in_use"] == 0
+
+
+async def test_a_failed_rollback_at_the_end_of_a_connection_block_hides_nothing(
+    db: AsyncConnectionPool, pg_url: str
+) -> None:
+    seen: list[str] = []
+    admin = create_async_pool(pg_url)
+    try:
+        with pytest.raises(ValueError, match="the block's error"):
+            async with db.connection() as conn:
+                async with conn.transaction() as tx:
+                    tx.add_post_commit_step(lambda: seen.append("committed"))
+                pid = await conn.query_value(sql("SELECT pg_backend_pid()"))
+                await conn.execute(sql("BEGIN"))  # left open: the block's end rolls it back
+                await admin.query(sql("SELECT pg_terminate_backend({})", pid))
+                raise ValueError("the block's error")
+    finally:
+        await admin.dispose()
     assert seen == ["committed"]
     assert db.stats()["in_use"] == 0
+    assert await db.query_value(sql("SELECT 1")) == 1
+
+
+# begin async-only
+async def test_a_cancelled_connection_block_drops_its_steps_promptly(
+    db: AsyncConnectionPool, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[str] = []
+
+    async def slow_step() -> None:
+        await asyncio.sleep(5)
+        seen.append("slow step")
+
+    async def work() -> None:
+        async with db.connection() as conn:
+            async with conn.transaction() as tx:
+                tx.add_post_commit_step(slow_step)
+            await conn.query(sql("SELECT pg_sleep(5)"))
+
+    task = asyncio.create_task(work())
+    await asyncio.sleep(0.3)
+    started = monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert monotonic() - started < 2, "a cancellation must not wait on post-commit steps"
+    assert seen == []
+    assert "1 post-commit step(s) dropped" in caplog.text
+    assert db.stats()["in_use"] == 0
+
+
+# end async-only
 
 
 async def test_failed_statement_poisons_the_transaction(

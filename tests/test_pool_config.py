@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import threading
+import typing
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import pgfast
 from pgfast._config import (
     PASSWORD_HISTORY,
     REDACTED,
@@ -165,6 +168,22 @@ def test_begin_statement() -> None:
         begin_statement({"lock_timeout": -1})
     with pytest.raises(TypeError, match=r"unknown transaction option 'timeout'.*lock_timeout"):
         begin_statement({"timeout": 1})  # type: ignore[typeddict-unknown-key]
+
+
+def test_public_signatures_resolve_at_run_time() -> None:
+    """Tools reading annotations at run time (``typing.get_type_hints``) see real types."""
+    resolved = 0
+    for name in pgfast.__all__:
+        cls = getattr(pgfast, name)
+        if not inspect.isclass(cls) or not cls.__module__.startswith("pgfast."):
+            continue
+        for method_name, method in inspect.getmembers(cls, inspect.isfunction):
+            if not method_name.startswith("_"):
+                typing.get_type_hints(method)
+                resolved += 1
+    assert resolved > 50
+    options = typing.get_type_hints(pgfast.ConnectionPool.tx)["options"]
+    assert typing.get_args(options) == (pgfast.TransactionOptions,)
 
 
 def test_code_frame_marks_the_token() -> None:

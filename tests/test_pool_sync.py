@@ -358,19 +358,48 @@ def test_transaction_context_manager_and_savepoints(db: ConnectionPool, table: A
 
 
 def test_post_commit_steps_on_a_dedicated_connection_survive_a_later_error(
-    db: ConnectionPool,
+    db: ConnectionPool, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[str] = []
-    with pytest.raises(RuntimeError, match="after the commit"), db.connection() as conn:
+
+    def failing_step() -> None:
+        raise RuntimeError("the step failed")
+
+    caplog.set_level(logging.ERROR, logger="pgfast")
+    with pytest.raises(ValueError, match="after the commit"), db.connection() as conn:
         with conn.transaction() as tx:
             tx.add_post_commit_step(lambda: seen.append("committed"))
+            tx.add_post_commit_step(failing_step)
+            tx.add_post_commit_step(lambda: seen.append("after the failing step"))
         with pytest.raises(psycopg.errors.DivisionByZero), conn.transaction() as tx:
             tx.add_post_commit_step(lambda: seen.append("rolled back"))
             tx.execute(sql("SELECT 1 / 0"))
         assert seen == [], "steps wait until the connection is released"
-        raise RuntimeError("after the commit")
+        raise ValueError("after the commit")
+    # The block's error is the one raised; the failing step is logged, not lost.
+    assert seen == ["committed", "after the failing step"]
+    assert "a post-commit step failed" in caplog.text and "the step failed" in caplog.text
+    assert db.stats()["in_use"] == 0
+
+
+def test_a_failed_rollback_at_the_end_of_a_connection_block_hides_nothing(
+    db: ConnectionPool, pg_url: str
+) -> None:
+    seen: list[str] = []
+    admin = create_pool(pg_url)
+    try:
+        with pytest.raises(ValueError, match="the block's error"), db.connection() as conn:
+            with conn.transaction() as tx:
+                tx.add_post_commit_step(lambda: seen.append("committed"))
+            pid = conn.query_value(sql("SELECT pg_backend_pid()"))
+            conn.execute(sql("BEGIN"))  # left open: the block's end rolls it back
+            admin.query(sql("SELECT pg_terminate_backend({})", pid))
+            raise ValueError("the block's error")
+    finally:
+        admin.dispose()
     assert seen == ["committed"]
     assert db.stats()["in_use"] == 0
+    assert db.query_value(sql("SELECT 1")) == 1
 
 
 def test_failed_statement_poisons_the_transaction(db: ConnectionPool, table: Any) -> None:
