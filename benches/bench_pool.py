@@ -12,6 +12,8 @@ Groups (compare the ``mean`` column inside a group):
   (target: pgfast >= psycopg_pool).
 - ``fetch-10k``: 10,000 rows x 4 columns as dicts: pgfast vs psycopg
   ``dict_row`` (target: pgfast at least as fast).
+- ``tx-sync``: 50 transactions of one SELECT each (BEGIN, SELECT, COMMIT):
+  pgfast ``tx()`` vs psycopg's ``conn.transaction()`` on one connection.
 
 The SQL hot path runs compiled or pure as ``pgfast._impl`` chose
 (``PGFAST_NO_EXTENSIONS=1`` for the pure twins); test ids name it.
@@ -31,9 +33,11 @@ from psycopg.rows import dict_row
 
 from pgfast._impl import IMPL
 from pgfast._pool import create_async_pool, create_pool
+from pgfast._pool_sync import Transaction
 from pgfast._sql import sql
 
 SEQUENTIAL = 100
+TRANSACTIONS = 50
 PER_TASK = 20
 FETCH = (
     "SELECT g AS id, g::text AS name, g * 1.5 AS score, now() AS at "
@@ -220,3 +224,36 @@ def test_fetch_psycopg_dict_row(benchmark: Any, pg_url: str) -> None:
             return cur.fetchall()
 
         assert len(benchmark(run)) == 10000
+
+
+# -- transactions -----------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="tx-sync")
+def test_tx_pgfast(benchmark: Any, pg_url: str) -> None:
+    with create_pool(pg_url, pool_size=1) as db:
+
+        def body(tx: Transaction) -> Any:
+            return tx.query_value(sql("SELECT {}::int AS a", 1))
+
+        def run() -> None:
+            for _ in range(TRANSACTIONS):
+                db.tx(body)
+
+        benchmark.extra_info["impl"] = IMPL
+        benchmark(run)
+        assert db.tx(body) == 1
+
+
+@pytest.mark.benchmark(group="tx-sync")
+def test_tx_psycopg(benchmark: Any, pg_url: str) -> None:
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+
+        def run() -> None:
+            for _ in range(TRANSACTIONS):
+                with conn.transaction():
+                    cur = RawCursor(conn, row_factory=dict_row)
+                    cur.execute("SELECT $1::int AS a", [1])
+                    cur.fetchone()
+
+        benchmark(run)
