@@ -20,7 +20,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import aclosing, asynccontextmanager
+from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -224,14 +224,20 @@ class AsyncCluster:
 
         return await self._route(op, _replica_tx(options), lambda: started)
 
-    @asynccontextmanager
-    async def transaction(
+    def transaction(
         self, **options: Unpack[TransactionOptions]
-    ) -> AsyncIterator[AsyncTransaction]:
+    ) -> AbstractAsyncContextManager[AsyncTransaction]:
         """One transaction attempt: on a replica when ``read_only`` (and not
         SERIALIZABLE), else on the primary."""
+        # Options are checked now, as a pool's transaction() does, not on entry.
+        return self._transaction(options, _replica_tx(options))
+
+    @asynccontextmanager
+    async def _transaction(
+        self, options: TransactionOptions, on_replica: bool
+    ) -> AsyncIterator[AsyncTransaction]:
         self._check_open()
-        if _replica_tx(options):
+        if on_replica:
             exclude = 0
             while (i := await self._pick(exclude)) >= 0:
                 try:

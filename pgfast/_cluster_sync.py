@@ -20,7 +20,7 @@ from collections.abc import (
     Mapping,
     Sequence,
 )
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager, closing, contextmanager
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -224,12 +224,18 @@ class Cluster:
 
         return self._route(op, _replica_tx(options), lambda: started)
 
-    @contextmanager
-    def transaction(self, **options: Unpack[TransactionOptions]) -> Iterator[Transaction]:
+    def transaction(
+        self, **options: Unpack[TransactionOptions]
+    ) -> AbstractContextManager[Transaction]:
         """One transaction attempt: on a replica when ``read_only`` (and not
         SERIALIZABLE), else on the primary."""
+        # Options are checked now, as a pool's transaction() does, not on entry.
+        return self._transaction(options, _replica_tx(options))
+
+    @contextmanager
+    def _transaction(self, options: TransactionOptions, on_replica: bool) -> Iterator[Transaction]:
         self._check_open()
-        if _replica_tx(options):
+        if on_replica:
             exclude = 0
             while (i := self._pick(exclude)) >= 0:
                 try:
