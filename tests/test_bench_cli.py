@@ -177,6 +177,9 @@ def test_throwaway_server_is_started_and_stopped() -> None:
     assert all(title in proc.stdout for title in CASES.values())
     assert "throwaway server stopped" in proc.stderr
     assert_no_server_left(proc.stderr)
+    if hasattr(os, "sched_getaffinity") and len(os.sched_getaffinity(0)) > 1:
+        # Kept on separate CPUs, so that where backends land does not decide the ratios.
+        assert re.search(r"^client on CPU \d+, server on CPU [\d,]+$", proc.stdout, re.M)
 
 
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])

@@ -216,6 +216,27 @@ def test_restart_primary_keeps_the_url(pg_cluster: LocalCluster, table: str) -> 
         assert values(replica, table) == [4]
 
 
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="CPU affinity is Linux-only")
+def test_cpu_affinity_reaches_new_backends_and_restarted_servers() -> None:
+    ours = os.sched_getaffinity(0)
+    cpu = {max(ours)}
+    with LocalCluster(replicas=1) as cluster:
+        cluster.set_cpu_affinity(cpu)
+
+        def backend_cpus(url: str) -> set[int]:
+            with psycopg.connect(url) as conn:
+                return os.sched_getaffinity(conn.info.backend_pid)
+
+        assert backend_cpus(cluster.primary_url) == cpu
+        assert backend_cpus(cluster.replica_urls[0]) == cpu
+        cluster.restart_primary()
+        cluster.stop_replica(0)
+        cluster.start_replica(0)
+        assert backend_cpus(cluster.primary_url) == cpu
+        assert backend_cpus(cluster.replica_urls[0]) == cpu
+    assert os.sched_getaffinity(0) == ours  # the caller's own is left alone
+
+
 def test_replica_index_is_checked(pg_cluster: LocalCluster) -> None:
     with pytest.raises(IndexError, match="2 replica"):
         pg_cluster.stop_replica(2)
