@@ -3,9 +3,9 @@
 ``throughput``: one round is 500 reads (``SELECT`` of 100 generated rows) by 10
 concurrent asyncio tasks, through an ``AsyncCluster`` (2 replicas) or through
 the primary's pool alone; the peer is asyncpg's pool on the primary. All the
-servers of ``pg_cluster`` run on this machine and share its cores with the
-client, so spreading reads gains little here: the numbers measure the
-cluster's routing overhead, not the capacity a real replica adds.
+servers of ``pg_cluster`` run on this machine, on the CPUs the client does not
+use (benches/conftest.py), so spreading reads gains little here: the numbers
+measure the cluster's routing overhead, not the capacity a real replica adds.
 
 ``is_read_only``: the public wrapper (type check, cached ``format()``, classifier)
 vs the classifier called on the text directly, compiled and pure.
