@@ -29,9 +29,14 @@ def alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
+def postmaster_pids(directory: Path) -> set[int]:
+    """The postmasters of the cluster under ``directory``."""
+    return {int(p.read_text().split()[0]) for p in directory.glob("*/postmaster.pid")}
+
+
 def cluster_pids(directory: Path) -> set[int]:
     """Every postmaster of the cluster under ``directory`` and all their children."""
-    postmasters = {int(p.read_text().split()[0]) for p in directory.glob("*/postmaster.pid")}
+    postmasters = postmaster_pids(directory)
     children = set()
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -262,7 +267,7 @@ def test_stop_leaves_nothing_running() -> None:
     directory, pids = cluster.directory, cluster_pids(cluster.directory)
     # Short-lived children (a backend, an autovacuum worker) may already be
     # gone; the postmasters must be running.
-    postmasters = {int(p.read_text().split()[0]) for p in directory.glob("*/postmaster.pid")}
+    postmasters = postmaster_pids(directory)
     assert len(postmasters) == 2 and all(alive(p) for p in postmasters)
     assert len(pids) >= 6
     cluster.stop()
