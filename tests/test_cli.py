@@ -150,25 +150,30 @@ def test_run_tears_down_on_sigterm(tmp_path: Path) -> None:
 
 def test_up_then_down_leaves_nothing_running(tmp_path: Path) -> None:
     up = pgfast("up", "--replicas", "1", state_dir=tmp_path)
-    assert up.returncode == 0, up.stderr
-    exports = dict(
-        line.removeprefix("export ").split("=", 1) for line in up.stdout.strip().splitlines()
-    )
-    env = {name: shlex.split(value)[0] for name, value in exports.items()}
-    assert select_one(env["DATABASE_URL"]) is False
-    assert select_one(env["DATABASE_REPLICA_URLS"]) is True
+    try:
+        assert up.returncode == 0, up.stderr
+        exports = dict(
+            line.removeprefix("export ").split("=", 1) for line in up.stdout.strip().splitlines()
+        )
+        env = {name: shlex.split(value)[0] for name, value in exports.items()}
+        assert select_one(env["DATABASE_URL"]) is False
+        assert select_one(env["DATABASE_REPLICA_URLS"]) is True
 
-    (state,) = (tmp_path / cli.STATE_FILE).read_text().splitlines()
-    password = urlsplit(env["DATABASE_URL"]).password
-    assert password and password not in state
-    directory = Path(json.loads(state)["root"])
-    pids = cluster_pids(directory)
-    # Short-lived children may already be gone; the postmasters must be running.
-    postmasters = postmaster_pids(directory)
-    assert len(postmasters) == 2 and all(alive(p) for p in postmasters)
-    assert len(pids) >= 6
+        (state,) = (tmp_path / cli.STATE_FILE).read_text().splitlines()
+        password = urlsplit(env["DATABASE_URL"]).password
+        assert password and password not in state
+        directory = Path(json.loads(state)["root"])
+        pids = cluster_pids(directory)
+        # Short-lived children may already be gone; the postmasters must be running.
+        postmasters = postmaster_pids(directory)
+        assert len(postmasters) == 2 and all(alive(p) for p in postmasters)
+        assert len(pids) >= 6
 
-    down = pgfast("down", state_dir=tmp_path)
-    assert down.returncode == 0, down.stderr
-    assert_gone(directory, pids)
-    assert not (tmp_path / cli.STATE_FILE).exists()
+        down = pgfast("down", state_dir=tmp_path)
+        assert down.returncode == 0, down.stderr
+        assert_gone(directory, pids)
+        assert not (tmp_path / cli.STATE_FILE).exists()
+    finally:
+        # up leaves its servers running by design; a failed assertion must not.
+        if (tmp_path / cli.STATE_FILE).exists():
+            pgfast("down", state_dir=tmp_path)
