@@ -367,8 +367,7 @@ class AsyncHealthRunner:
         self._stop_timeout = stop_timeout
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
-        self.measured = False  # a first round has completed
-        self._measured = asyncio.Event()
+        self._measured = asyncio.Event()  # set once a first round has completed
 
     def ensure_started(self) -> None:
         """Start the loop in the running event loop, unless it already runs there."""
@@ -376,9 +375,10 @@ class AsyncHealthRunner:
         if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
             return
         # Events are bound to the loop that first waits on them: new ones per loop.
+        measured = self.measured
         self._stop = asyncio.Event()
         self._measured = asyncio.Event()
-        if self.measured:
+        if measured:
             self._measured.set()
         self._task = asyncio.get_running_loop().create_task(self._body(self))
 
@@ -388,9 +388,13 @@ class AsyncHealthRunner:
             await asyncio.wait_for(self._stop.wait(), seconds)
         return self._stop.is_set()
 
+    @property
+    def measured(self) -> bool:
+        """Whether a first round has completed."""
+        return self._measured.is_set()
+
     def round_done(self) -> None:
         """Called by the loop after each round."""
-        self.measured = True
         self._measured.set()
 
     async def wait_measured(self) -> None:
@@ -427,8 +431,7 @@ class HealthRunner:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
-        self.measured = False  # a first round has completed
-        self._measured = threading.Event()
+        self._measured = threading.Event()  # set once a first round has completed
 
     def ensure_started(self) -> None:
         """Start the thread once."""
@@ -445,9 +448,13 @@ class HealthRunner:
         """Wait ``seconds``; True when the loop must stop."""
         return self._stop.wait(seconds)
 
+    @property
+    def measured(self) -> bool:
+        """Whether a first round has completed."""
+        return self._measured.is_set()
+
     def round_done(self) -> None:
         """Called by the loop after each round."""
-        self.measured = True
         self._measured.set()
 
     def wait_measured(self) -> None:
