@@ -193,9 +193,17 @@ def _starts_read(kind: int) -> bool:
 
 
 def is_read_only(text: str) -> bool:
-    """True when every statement of ``text`` provably cannot write or lock."""
-    if not isinstance(text, str):
-        raise TypeError(f"is_read_only() takes the SQL text as a str, not {type(text).__name__}")
+    """True when every statement of ``text`` provably cannot write or lock.
+
+    A ``str`` subclass is read by its ``str`` value: its own methods are never used.
+    """
+    if type(text) is not str:
+        # The real type decides, not a __class__ the object claims.
+        if not issubclass(type(text), str):
+            raise TypeError(
+                f"is_read_only() takes the SQL text as a str, not {type(text).__name__}"
+            )
+        text = str.__str__(text)
     if "\x00" in text:  # libpq would cut the text there: what runs is unknown
         return False
     n = len(text)

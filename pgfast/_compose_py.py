@@ -22,6 +22,8 @@ import sys
 from _string import formatter_parser  # type: ignore[import-not-found]
 from codecs import BOM_UTF8
 from collections.abc import Iterable
+from itertools import repeat
+from operator import is_
 from os import PathLike, fspath
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, NoReturn, Protocol, cast
@@ -78,6 +80,13 @@ class SQLQuery:
     _values: tuple[Any, ...]
     # Text and params in one slot, set once: a thread never sees half of them.
     _formatted: tuple[str, list[Any]] | None
+
+    def __new__(cls, *args: object, **kwargs: object) -> SQLQuery:
+        # Never built (SQLQuery() itself is refused by __init__): the empty
+        # query, like sql(""), as the compiled twin's __new__ makes it.
+        if cls is not SQLQuery:
+            raise TypeError("SQLQuery.__new__() takes the SQLQuery class itself")
+        return _new(("",), ())
 
     def __init__(self, *args: object, **kwargs: object) -> None:
         raise TypeError("SQLQuery objects are built with pgfast.sql(...)")
@@ -148,7 +157,7 @@ def _new(literals: tuple[str, ...], values: tuple[Any, ...]) -> SQLQuery:
 
 def _restore(literals: tuple[str, ...], values: tuple[Any, ...]) -> SQLQuery:
     """Unpickle an ``SQLQuery``, checking its shape (rendering trusts it)."""
-    if not isinstance(literals, tuple) or not isinstance(values, tuple):
+    if type(literals) is not tuple or type(values) is not tuple:
         raise TypeError("not a pickled SQLQuery: literals and values must be tuples")
     if len(literals) != len(values) + 1 or not all(type(x) is str for x in literals):
         raise ValueError("not a pickled SQLQuery: literals and values do not match")
@@ -328,6 +337,10 @@ def compose(template: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SQL
         template = _exact_str(
             template, "sql() template must be a str (or a t-string on Python 3.14+)"
         )
+    if type(args) is not tuple:
+        args = _exact_args(args)
+    if type(kwargs) is not dict or (kwargs and not all(map(is_, map(type, kwargs), repeat(str)))):
+        kwargs = _exact_kwargs(kwargs)
     parsed = _cache.get(template)
     if parsed is None:
         parsed = _parse(template)
@@ -344,11 +357,33 @@ def compose(template: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> SQL
     return _new(parsed.literals, values)
 
 
-def _exact_str(text: object, what: str) -> str:
-    """``text`` as an exact ``str``: a subclass's own methods never shape the SQL."""
-    if not isinstance(text, str):
+def _exact_str(text: Any, what: str) -> str:
+    """``text`` as an exact ``str``: a subclass's own methods never shape the SQL.
+
+    Its real type decides, not a ``__class__`` it claims.
+    """
+    if not issubclass(type(text), str):
         raise TypeError(f"{what}, not {type(text).__name__!r}")
     return str.__str__(text)
+
+
+def _exact_args(args: Any) -> tuple[Any, ...]:
+    if not issubclass(type(args), tuple):
+        raise TypeError(f"compose() args must be a tuple, not {type(args).__name__!r}")
+    return tuple(args)
+
+
+def _exact_kwargs(kwargs: Any) -> dict[str, Any]:
+    """``kwargs`` as a dict keyed by exact strs (a str subclass by its str value)."""
+    if not issubclass(type(kwargs), dict):
+        raise TypeError(f"compose() kwargs must be a dict, not {type(kwargs).__name__!r}")
+    exact: dict[str, Any] = {}
+    for key, value in dict.items(kwargs):
+        name = _exact_str(key, "sql(): keyword argument names must be str")
+        if name in exact:
+            raise TypeError(f"sql(): keyword argument {name!r} is given twice")
+        exact[name] = value
+    return exact
 
 
 def _compose_template(template: Any) -> SQLQuery:
@@ -363,14 +398,19 @@ def _compose_template(template: Any) -> SQLQuery:
     return _new(tuple(template.strings), tuple(values))
 
 
-def _quote_ident(name: object) -> str:
-    if not isinstance(name, str):
-        raise TypeError(f"sql.ident(): names must be str, not {type(name).__name__!r}")
+def _quote_ident(name: str) -> str:
+    """``name`` (an exact str) double-quoted, after checking PostgreSQL would keep it whole."""
     if not name:
         raise ValueError("sql.ident(): empty identifier")
     if "\x00" in name:
         raise ValueError(f"sql.ident(): identifier {name!r} contains a NUL character")
-    if len(name.encode()) > MAX_IDENT_BYTES:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"sql.ident(): identifier {name!r} is not valid text (it holds a lone surrogate)"
+        ) from None
+    if size > MAX_IDENT_BYTES:
         raise ValueError(
             f"sql.ident(): identifier {name!r} is longer than {MAX_IDENT_BYTES} bytes "
             "(PostgreSQL would truncate it)"
@@ -395,11 +435,13 @@ def _sql(template: SQLTemplate, /, *args: Any, **kwargs: Any) -> SQLQuery:
 
 
 def ident(*names: str) -> SQLQuery:
-    """A quoted, dot-separated identifier: ``ident("s", "t")`` is ``"s"."t"``."""
-    try:
-        query = _ident_cache.get(names)
-    except TypeError:  # an unhashable name: _quote_ident says what is wrong
-        query = None
+    """A quoted, dot-separated identifier: ``ident("s", "t")`` is ``"s"."t"``.
+
+    A ``str`` subclass name counts as its ``str`` value: its own methods are never used.
+    """
+    if not all(map(is_, map(type, names), repeat(str))):
+        names = tuple([_exact_str(name, "sql.ident(): names must be str") for name in names])
+    query = _ident_cache.get(names)
     if query is None:
         if not names:
             raise TypeError("sql.ident() needs at least one name")
@@ -441,8 +483,10 @@ def file(path: str | PathLike[str]) -> SQLQuery:
 
 def join(queries: Iterable[SQLQuery], separator: SQLQuery | str = ", ") -> SQLQuery:
     """The queries one after another, with ``separator`` between them."""
+    if type(separator) is not SQLQuery and issubclass(type(separator), str):
+        separator = str.__str__(separator)  # a str subclass
     if type(separator) is not SQLQuery and (
-        not isinstance(separator, str) or separator not in _SEPARATOR_SET
+        type(separator) is not str or separator not in _SEPARATOR_SET
     ):
         raise ValueError(
             f"sql.join(): separator {separator!r} is not allowed; use an SQLQuery "
@@ -456,11 +500,11 @@ def join(queries: Iterable[SQLQuery], separator: SQLQuery | str = ", ") -> SQLQu
             )
     if not items:
         return _new(("",), ())
-    if isinstance(separator, SQLQuery):
+    if type(separator) is SQLQuery:
         values: list[Any] = [separator] * (2 * len(items) - 1)
         values[::2] = items
         return _new(("",) * (2 * len(items)), tuple(values))
-    return _new(("", *(separator,) * (len(items) - 1), ""), items)
+    return _new(("", *(cast("str", separator),) * (len(items) - 1), ""), items)
 
 
 for _helper in (ident, value, unsafe, file, join):

@@ -1,18 +1,25 @@
 """Error messages and constants of the ``_flatten`` twins, in one place so both agree.
 
 Imported by ``pgfast._flatten_py`` and the compiled ``pgfast._flatten_c``; the
-messages are used on their error paths only.
+messages are used on their error paths only. None of them calls a method of a
+``str`` subclass: such a name or key is shown by its ``str`` value.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 __all__ = [
     "BINARY_ELEMENTS",
-    "bad_columns",
+    "MAX_COLUMNS",
     "bad_count",
     "bad_element",
+    "bad_index",
+    "column_not_str",
+    "column_twice",
+    "columns_not_a_list",
+    "key_twice",
     "not_a_record",
     "unknown_key",
     "wrong_length",
@@ -27,6 +34,20 @@ BINARY_ELEMENTS: dict[str, tuple[int, str, int]] = {
     "float8": (701, "float", 8),
 }
 
+# No PostgreSQL row has more columns (MaxTupleAttributeNumber): a larger
+# ``column_count`` is a mistake, refused before anything is allocated for it.
+MAX_COLUMNS = 1664
+
+
+def _shown(key: Any) -> str:
+    """``repr(key)``; a str subclass by its str value, a failing ``__repr__`` by type."""
+    if issubclass(type(key), str):
+        return repr(str.__str__(key))
+    try:
+        return repr(key)
+    except Exception:  # a hostile __repr__ must not hide the error being reported
+        return f"<{type(key).__name__} object>"
+
 
 def not_a_record(record: object, index: int) -> TypeError:
     return TypeError(
@@ -36,8 +57,20 @@ def not_a_record(record: object, index: int) -> TypeError:
 
 
 def unknown_key(key: object, index: int, columns: Sequence[str]) -> ValueError:
+    if not issubclass(type(key), str):
+        return ValueError(
+            f"record {index} has key {_shown(key)} of type {type(key).__name__}: "
+            f"keys must be column names (str), one of {list(columns)!r}"
+        )
     return ValueError(
-        f"record {index} has key {key!r}, which is not one of the columns {list(columns)!r}"
+        f"record {index} has key {_shown(key)}, which is not one of the columns {list(columns)!r}"
+    )
+
+
+def key_twice(column: str, index: int) -> ValueError:
+    return ValueError(
+        f"record {index} has two keys for column {column!r} (a str subclass key counts "
+        "as its str value)"
     )
 
 
@@ -45,25 +78,27 @@ def wrong_length(length: int, index: int, width: int) -> ValueError:
     return ValueError(f"record {index} has {length} values, expected {width} (one per column)")
 
 
-def bad_columns(columns: object) -> Exception:
-    """The error for a ``columns`` argument that is not a list of distinct strings."""
-    if not isinstance(columns, (list, tuple)):
-        return TypeError(f"columns must be a list of column names, not {type(columns).__name__}")
-    seen: set[object] = set()
-    for name in columns:
-        if not isinstance(name, str):
-            return TypeError(f"column names must be strings, not {type(name).__name__}: {name!r}")
-        if name in seen:
-            return ValueError(f"column {name!r} is listed twice")
-        seen.add(name)
-    return ValueError(f"invalid columns {columns!r}")
+def columns_not_a_list(columns: object) -> TypeError:
+    return TypeError(f"columns must be a list of column names, not {type(columns).__name__}")
+
+
+def column_not_str(name: object) -> TypeError:
+    return TypeError(f"column names must be strings, not {type(name).__name__}: {_shown(name)}")
+
+
+def column_twice(name: str) -> ValueError:
+    return ValueError(f"column {name!r} is listed twice")
 
 
 def bad_count(column_count: object) -> Exception:
     if type(column_count) is not int:
         return TypeError(f"column_count must be an int, not {type(column_count).__name__}")
-    return ValueError(f"column_count must be >= 0, not {column_count}")
+    return ValueError(f"column_count must be between 0 and {MAX_COLUMNS}, not {column_count}")
+
+
+def bad_index(what: str, value: object) -> TypeError:
+    return TypeError(f"{what} must be an int (a record index), not {type(value).__name__}")
 
 
 def bad_element(element: object) -> ValueError:
-    return ValueError(f"element must be one of {sorted(BINARY_ELEMENTS)!r}, not {element!r}")
+    return ValueError(f"element must be one of {sorted(BINARY_ELEMENTS)!r}, not {_shown(element)}")

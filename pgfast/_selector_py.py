@@ -6,7 +6,10 @@ thread and asyncio task of a cluster, so each method is atomic.
 
 Both twins behave identically, down to the ``random`` strategy's sequence:
 it uses its own splitmix64 generator, so the same seed gives the same picks
-in compiled and pure code.
+in compiled and pure code. Arguments are read by their real type and value:
+an ``int`` or ``str`` subclass counts as its plain value (its own methods,
+comparisons included, are never used), and a ``__class__`` an object claims
+is ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ MAX_NODES = 64
 
 _MASK64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
+
+
+def _exact_int(value: object, what: str) -> int:
+    """``value`` as an exact int (an int subclass by its int value; bool is no int here)."""
+    if type(value) is int:
+        return value
+    if not issubclass(type(value), int) or type(value) is bool:
+        raise TypeError(f"{what}, not {type(value).__name__}")
+    return int.__index__(value)  # type: ignore[arg-type]
 
 
 class NodeStats(NamedTuple):
@@ -57,18 +69,19 @@ class Selector:
     )
 
     def __init__(self, node_count: int, strategy: str = "round_robin", seed: int | None = None):
-        if not isinstance(node_count, int) or isinstance(node_count, bool):
-            raise TypeError(f"node_count must be an int, not {type(node_count).__name__}")
+        node_count = _exact_int(node_count, "node_count must be an int")
         if not 1 <= node_count <= MAX_NODES:
             raise ValueError(f"node_count must be between 1 and {MAX_NODES}, got {node_count}")
-        if strategy not in STRATEGIES:
+        if type(strategy) is not str and issubclass(type(strategy), str):
+            strategy = str.__str__(strategy)
+        if type(strategy) is not str or strategy not in STRATEGIES:
             raise ValueError(
                 f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}"
             )
         if seed is None:
             seed = int.from_bytes(os.urandom(8), "little")
-        elif not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int or None, not {type(seed).__name__}")
+        else:
+            seed = _exact_int(seed, "seed must be an int or None")
         self._n = node_count
         self._strategy = strategy
         self._state = seed & _MASK64
@@ -124,7 +137,7 @@ class Selector:
         Releasing a node with nothing in flight is a ``ValueError``: it means a
         pick was released twice, and clamping would hide that bug.
         """
-        self._check(index)
+        index = self._check(index)
         with self._lock:
             if not self._in_flight[index]:
                 raise ValueError(f"release({index}): node {index} has no read in flight")
@@ -132,8 +145,7 @@ class Selector:
 
     def mark_down(self, index: int) -> bool:
         """Take node ``index`` out of rotation; True if it was up."""
-        self._check(index)
-        bit = 1 << index
+        bit = 1 << self._check(index)
         with self._lock:
             was_up = bool(self._up & bit)
             self._up &= ~bit
@@ -141,8 +153,7 @@ class Selector:
 
     def mark_up(self, index: int) -> bool:
         """Put node ``index`` back in rotation; True if it was down."""
-        self._check(index)
-        bit = 1 << index
+        bit = 1 << self._check(index)
         with self._lock:
             was_down = not self._up & bit
             self._up |= bit
@@ -150,13 +161,11 @@ class Selector:
 
     def is_up(self, index: int) -> bool:
         """Whether node ``index`` is in rotation."""
-        self._check(index)
-        return bool(self._up >> index & 1)
+        return bool(self._up >> self._check(index) & 1)
 
     def in_flight(self, index: int) -> int:
         """Reads currently in flight on node ``index``."""
-        self._check(index)
-        return self._in_flight[index]
+        return self._in_flight[self._check(index)]
 
     def snapshot(self) -> list[NodeStats]:
         """Consistent per-node counters: in flight, total picks, up."""
@@ -169,31 +178,37 @@ class Selector:
     def __repr__(self) -> str:
         return f"Selector(node_count={self._n}, strategy={self._strategy!r})"
 
-    def _check(self, index: int) -> None:
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise TypeError(f"node index must be an int, not {type(index).__name__}")
+    def _check(self, index: object) -> int:
+        """``index`` as an exact int naming one of the nodes."""
+        index = _exact_int(index, "node index must be an int")
         if not 0 <= index < self._n:
             raise IndexError(f"node index {index} out of range for {self._n} nodes")
+        return index
 
     def _up_mask_of(self, eligible: int | Sequence[bool] | None) -> int:
         if eligible is None:
             return self._all
-        if isinstance(eligible, int) and not isinstance(eligible, bool):
+        if issubclass(type(eligible), int) and type(eligible) is not bool:
+            eligible = _exact_int(eligible, "")
             if not 0 <= eligible <= self._all:
                 raise ValueError(
                     f"eligible bitmask {eligible:#x} has bits outside the {self._n} nodes"
                 )
             return eligible
-        if isinstance(eligible, (str, bytes)) or not isinstance(eligible, Sequence):
+        if issubclass(type(eligible), (str, bytes)) or not isinstance(eligible, Sequence):
             raise TypeError(
                 "eligible must be None, an int bitmask or a sequence of bools, "
                 f"not {type(eligible).__name__}"
             )
-        if len(eligible) != self._n:
-            raise ValueError(f"eligible has {len(eligible)} entries for {self._n} nodes")
+        size = len(eligible)
+        if size != self._n:
+            raise ValueError(f"eligible has {size} entries for {self._n} nodes")
+        # Every entry is read before any truth value is asked for, as in the
+        # compiled twin: a __bool__ that changes ``eligible`` changes nothing.
+        items = [eligible[i] for i in range(self._n)]
         mask = 0
-        for i in range(self._n):
-            if eligible[i]:
+        for i, item in enumerate(items):
+            if item:
                 mask |= 1 << i
         return mask
 

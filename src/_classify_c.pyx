@@ -14,6 +14,10 @@ from cpython.unicode cimport (
 )
 from libc.string cimport memcmp
 
+cdef extern from "Python.h":
+    # An exact str copy of a str subclass, without calling any of its methods.
+    str PyUnicode_FromObject(object)
+
 from pgfast import _classify_py as _py
 from pgfast._classify_py import _KEYWORDS, WRITE_FUNCTION_PREFIXES, WRITE_FUNCTIONS
 
@@ -224,9 +228,14 @@ cdef inline bint _starts_read(int token) noexcept:
 
 
 def is_read_only(text):
-    """True when every statement of ``text`` provably cannot write or lock."""
+    """True when every statement of ``text`` provably cannot write or lock.
+
+    A ``str`` subclass is read by its ``str`` value: its own methods are never used.
+    """
     if not isinstance(text, str):
         raise TypeError(f"is_read_only() takes the SQL text as a str, not {type(text).__name__}")
+    if type(text) is not str:  # a subclass is read by its str value, never its methods
+        text = PyUnicode_FromObject(text)
     if "\x00" in text:  # libpq would cut the text there: what runs is unknown
         return False
     cdef str s = <str>text

@@ -36,6 +36,8 @@ from libc.string cimport memcpy
 
 cdef extern from "Python.h":
     Py_UCS4 PyUnicode_MAX_CHAR_VALUE(str text)
+    # An exact str copy of a str subclass, without calling any of its methods.
+    str PyUnicode_FromObject(object)
 
 import os
 import sys
@@ -95,7 +97,8 @@ cdef class SQLQuery:
         cdef list params
         if formatted is None:
             params = PyList_New(self._n_params)
-            formatted = (_render(self, params), params)
+            # Made by SQLQuery.__new__ and never built: the empty query, like sql("").
+            formatted = ("" if self._literals is None else _render(self, params), params)
             # Without a GIL, two threads may render at once: the first result
             # stays, so a result once read is never replaced (and freed).
             with cython.critical_section(self):
@@ -141,6 +144,8 @@ cdef class SQLQuery:
         return f"<SQLQuery {formatted[0]!r} ({count} param{'' if count == 1 else 's'})>"
 
     def __reduce__(self):
+        if self._literals is None:  # never built: the empty query
+            return _restore, (_EMPTY1, ())
         return _restore, (self._literals, self._values)
 
 
@@ -165,9 +170,12 @@ cdef inline SQLQuery _new(tuple literals, tuple values):
     return query
 
 
-def _restore(tuple literals, tuple values):
+def _restore(literals, values):
     """Unpickle an ``SQLQuery``, checking its shape (rendering trusts it)."""
-    if len(literals) != len(values) + 1 or not all([type(x) is str for x in literals]):
+    if type(literals) is not tuple or type(values) is not tuple:
+        raise TypeError("not a pickled SQLQuery: literals and values must be tuples")
+    if len(<tuple>literals) != len(<tuple>values) + 1 or not all(
+            [type(x) is str for x in <tuple>literals]):
         raise ValueError("not a pickled SQLQuery: literals and values do not match")
     return _new(literals, values)
 
@@ -273,6 +281,9 @@ cdef str _render(SQLQuery root, list params):
                 break
             # Entered a child (index 0) or returned to a parent: its next literal.
             literals = node._literals
+            if literals is None:  # never built (SQLQuery.__new__): empty, no pieces
+                n = 0
+                continue
             values = node._values
             n = len(values)
             pieces[position] = <PyObject *>literals[index]
@@ -426,14 +437,21 @@ cdef int _argument_error(_Parsed parsed, tuple args, dict kwargs) except -1:
     raise AssertionError("unreachable: the arguments match the template")
 
 
-cpdef SQLQuery compose(object template, tuple args, dict kwargs):
+cpdef SQLQuery compose(object template, object args, object kwargs):
     """``sql(template, *args, **kwargs)`` for a plain string template."""
     cdef _Parsed parsed
     cdef tuple keys, values
+    cdef tuple positional
+    cdef dict named
     cdef Py_ssize_t i, n
     if type(template) is not str:
         template = _exact_str(
             template, "sql() template must be a str (or a t-string on Python 3.14+)")
+    positional = <tuple>args if type(args) is tuple else _exact_args(args)
+    if type(kwargs) is dict and (not kwargs or _str_keys(<dict>kwargs)):
+        named = <dict>kwargs
+    else:
+        named = _exact_kwargs(kwargs)
     found = _cache.get(template)
     if found is None:
         parsed = _parse(template)
@@ -442,33 +460,62 @@ cpdef SQLQuery compose(object template, tuple args, dict kwargs):
         _cache[template] = parsed
     else:
         parsed = <_Parsed>found
-    if len(kwargs) != len(parsed.names):
-        _argument_error(parsed, args, kwargs)
-    if parsed.in_order and len(args) == parsed.n_pos:
-        return _new(parsed.literals, args)
-    if len(args) != parsed.n_pos or not parsed.complete:
-        _argument_error(parsed, args, kwargs)
+    if len(named) != len(parsed.names):
+        _argument_error(parsed, positional, named)
+    if parsed.in_order and len(positional) == parsed.n_pos:
+        return _new(parsed.literals, positional)
+    if len(positional) != parsed.n_pos or not parsed.complete:
+        _argument_error(parsed, positional, named)
     keys = parsed.keys
     n = len(keys)
     values = PyTuple_New(n)
     for i in range(n):
         key = keys[i]
         if type(key) is int:
-            value = args[<Py_ssize_t>key]
+            value = positional[<Py_ssize_t>key]
         else:
-            value = kwargs.get(key, _MISSING)
+            value = named.get(key, _MISSING)
             if value is _MISSING:
-                _argument_error(parsed, args, kwargs)
+                _argument_error(parsed, positional, named)
         Py_INCREF(value)
         PyTuple_SET_ITEM(values, i, value)
     return _new(parsed.literals, values)
 
 
 cdef str _exact_str(object text, str what):
-    """``text`` as an exact ``str``: a subclass's own methods never shape the SQL."""
+    """``text`` as an exact ``str``: a subclass's own methods never shape the SQL.
+
+    Its real type decides, not a ``__class__`` it claims.
+    """
     if not isinstance(text, str):
         raise TypeError(f"{what}, not {type(text).__name__!r}")
-    return str.__str__(text)
+    return PyUnicode_FromObject(text)
+
+
+cdef bint _str_keys(dict kwargs) except -1:
+    for key in kwargs:
+        if type(key) is not str:
+            return False
+    return True
+
+
+cdef tuple _exact_args(object args):
+    if not isinstance(args, tuple):
+        raise TypeError(f"compose() args must be a tuple, not {type(args).__name__!r}")
+    return tuple(args)
+
+
+cdef dict _exact_kwargs(object kwargs):
+    """``kwargs`` as a dict keyed by exact strs (a str subclass by its str value)."""
+    cdef dict exact = {}
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"compose() kwargs must be a dict, not {type(kwargs).__name__!r}")
+    for key, value in dict.items(kwargs):
+        name = _exact_str(key, "sql(): keyword argument names must be str")
+        if name in exact:
+            raise TypeError(f"sql(): keyword argument {name!r} is given twice")
+        exact[name] = value
+    return exact
 
 
 cdef SQLQuery _compose_template(object template):
@@ -483,19 +530,25 @@ cdef SQLQuery _compose_template(object template):
     return _new(tuple(template.strings), tuple(values))
 
 
-cdef str _quote_ident(object name):
-    if not isinstance(name, str):
-        raise TypeError(f"sql.ident(): names must be str, not {type(name).__name__!r}")
+cdef str _quote_ident(str name):
+    """``name`` (an exact str) double-quoted, after checking PostgreSQL would keep it whole."""
+    cdef Py_ssize_t size
     if not name:
         raise ValueError("sql.ident(): empty identifier")
     if "\x00" in name:
         raise ValueError(f"sql.ident(): identifier {name!r} contains a NUL character")
-    if len((<str>name).encode()) > MAX_IDENT_BYTES:
+    try:
+        size = len(name.encode())
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"sql.ident(): identifier {name!r} is not valid text (it holds a lone surrogate)"
+        ) from None
+    if size > MAX_IDENT_BYTES:
         raise ValueError(
             f"sql.ident(): identifier {name!r} is longer than {MAX_IDENT_BYTES} bytes "
             "(PostgreSQL would truncate it)"
         )
-    return '"' + (<str>name).replace('"', '""') + '"'
+    return '"' + name.replace('"', '""') + '"'
 
 
 cdef dict _ident_cache = {}
@@ -515,11 +568,15 @@ def sql(template, /, *args, **kwargs):
 
 
 def ident(*names):
-    """A quoted, dot-separated identifier: ``ident("s", "t")`` is ``"s"."t"``."""
-    try:
-        query = _ident_cache.get(names)
-    except TypeError:  # an unhashable name: _quote_ident says what is wrong
-        query = None
+    """A quoted, dot-separated identifier: ``ident("s", "t")`` is ``"s"."t"``.
+
+    A ``str`` subclass name counts as its ``str`` value: its own methods are never used.
+    """
+    for name in names:
+        if type(name) is not str:
+            names = tuple([_exact_str(n, "sql.ident(): names must be str") for n in names])
+            break
+    query = _ident_cache.get(names)
     if query is None:
         if not names:
             raise TypeError("sql.ident() needs at least one name")
@@ -564,8 +621,11 @@ def join(queries, separator=", "):
     cdef tuple items
     cdef list values
     cdef Py_ssize_t index, n
+    if type(separator) is not SQLQuery and type(separator) is not str:
+        if isinstance(separator, str):
+            separator = PyUnicode_FromObject(separator)
     if type(separator) is not SQLQuery and (
-            not isinstance(separator, str) or separator not in _SEPARATOR_SET):
+            type(separator) is not str or separator not in _SEPARATOR_SET):
         raise ValueError(
             f"sql.join(): separator {separator!r} is not allowed; use an SQLQuery "
             f"or one of {', '.join([repr(s) for s in SEPARATORS])}"

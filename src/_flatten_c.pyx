@@ -2,26 +2,39 @@
 
 Same names and behaviour as ``pgfast._flatten_py``, errors included (both
 build them with ``pgfast._flatten_messages``); library code takes whichever
-``pgfast._impl.flatten`` chose.
+``pgfast._impl.flatten`` chose. The pure twin's docstring says how records
+are read; in particular the input is read once, into a snapshot tuple that
+holds every record alive while its methods (user code) run.
+
+Memory safety: a pointer borrowed from a container is only used while no
+user code can run (no Python call and no allocation, which could run a
+finalizer). Column lists are filled in place, so until they are complete
+they are kept out of the garbage collector's view: user code running
+meanwhile (a mapping's ``get``) cannot reach a list with empty slots.
 """
 
 from collections.abc import Mapping
 
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
-from cpython.dict cimport PyDict_GetItem
 from cpython.float cimport PyFloat_AS_DOUBLE
-from cpython.list cimport PyList_New, PyList_SET_ITEM
-from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.list cimport PyList_New
+from cpython.mem cimport PyMem_Calloc, PyMem_Free, PyMem_Malloc
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
-from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.tuple cimport PyTuple_New
 
 # Error paths only: one source of truth for the messages both twins raise.
 from pgfast._flatten_messages import (
     BINARY_ELEMENTS,
-    bad_columns,
+    MAX_COLUMNS,
     bad_count,
     bad_element,
+    bad_index,
+    column_not_str,
+    column_twice,
+    columns_not_a_list,
+    key_twice,
     not_a_record,
     unknown_key,
     wrong_length,
@@ -29,15 +42,19 @@ from pgfast._flatten_messages import (
 
 cdef extern from "Python.h":
     bint PyUnicode_IS_ASCII(object)
-    # Borrowed-pointer forms for the records_to_columns inner loop: no refcount
-    # traffic beyond the one reference each column list takes.
-    bint _is_exact_dict "PyDict_CheckExact"(PyObject *)
-    Py_ssize_t _dict_size "PyDict_GET_SIZE"(PyObject *)
+    # An exact str copy of a str subclass, without calling any of its methods.
+    object PyUnicode_FromObject(object)
+    # Borrowed-pointer forms for the inner loops: no refcount traffic beyond
+    # the one reference each container takes.
     PyObject *_dict_get "PyDict_GetItem"(PyObject *, PyObject *)
+    bint _dict_next "PyDict_Next"(PyObject *, Py_ssize_t *, PyObject **, PyObject **)
     PyObject *_seq_item "PySequence_Fast_GET_ITEM"(PyObject *, Py_ssize_t)
     void _list_set "PyList_SET_ITEM"(PyObject *, Py_ssize_t, PyObject *)
+    void _tuple_set "PyTuple_SET_ITEM"(PyObject *, Py_ssize_t, PyObject *)
     void _incref "Py_INCREF"(PyObject *)
-    bint _dict_next "PyDict_Next"(PyObject *, Py_ssize_t *, PyObject **, PyObject **)
+    void _gc_track "PyObject_GC_Track"(PyObject *)
+    void _gc_untrack "PyObject_GC_UnTrack"(PyObject *)
+    Py_ssize_t PY_SSIZE_T_MAX
     long long PyLong_AsLongLongAndOverflow(object, int *) except? -1
     double PyLong_AsDouble(object) except? -1.0
 
@@ -54,239 +71,286 @@ __all__ = [
 
 cdef Py_ssize_t ELEMENT_OVERHEAD = 4
 cdef Py_ssize_t FIXED_SIZE = 8
+cdef long long MAX_BYTES = 0x7FFFFFFFFFFFFFFF  # a larger max_bytes never binds
 
 
 cdef tuple _checked_columns(object columns):
-    """``columns`` as a tuple of distinct str, else the error the pure twin raises."""
-    cdef tuple names
-    cdef object name
-    if isinstance(columns, (list, tuple)):
-        names = tuple(columns)
-        if len(frozenset(names)) == len(names):
-            for name in names:
-                if type(name) is not str:
-                    break
-            else:
-                return names
-    raise bad_columns(columns)
+    """``(names, index_of)``: the names as distinct exact strs, and each one's position."""
+    cdef list names = []
+    cdef dict index_of = {}
+    if not isinstance(columns, (list, tuple)):
+        raise columns_not_a_list(columns)
+    for name in tuple(columns):
+        if type(name) is not str:
+            if not isinstance(name, str):
+                raise column_not_str(name)
+            name = PyUnicode_FromObject(name)
+        if name in index_of:
+            raise column_twice(name)
+        index_of[name] = len(names)
+        names.append(name)
+    return tuple(names), index_of
 
 
-cdef inline void _put(object items, Py_ssize_t i, object value, bint is_list):
-    # SET_ITEM steals a reference; the containers are freshly allocated.
-    Py_INCREF(value)
-    if is_list:
-        PyList_SET_ITEM(items, i, value)
-    else:
-        PyTuple_SET_ITEM(items, i, value)
+cdef object _record_index(object value, str what):
+    if type(value) is int:
+        return value
+    if isinstance(value, int):
+        return int.__index__(value)
+    raise bad_index(what, value)
 
 
-cdef object _unknown_key_error(object record, Py_ssize_t index, tuple names):
-    """The error for the first key of ``record`` that is not a column, or None."""
-    cdef frozenset allowed = frozenset(names)
-    cdef object key
-    for key in record:
-        if key not in allowed:
-            return unknown_key(key, index, names)
-    return None
+cdef inline object _at(object start, Py_ssize_t i):
+    """Record ``i``'s index in errors (built on error paths only)."""
+    return start + i
 
 
-cdef object _check_mapping(object record, Py_ssize_t index, tuple names):
-    """A generic (non-dict) mapping: reject keys that are not columns."""
-    error = _unknown_key_error(record, index, names)
-    if error is not None:
-        raise error
+cdef Py_ssize_t _column_of(object key, dict index_of) except -2:
+    """The position of the column ``key`` names; -1 when it names none."""
+    cdef PyObject *found
+    if type(key) is not str:
+        if not isinstance(key, str):
+            return -1
+        key = PyUnicode_FromObject(key)
+    # Exact str keys in a dict of exact strs: no user code, no error.
+    found = _dict_get(<PyObject *>index_of, <PyObject *>key)
+    if found is NULL:
+        return -1
+    return <Py_ssize_t>(<object>found)
 
 
-cdef object _unknown_dict_key(dict record, Py_ssize_t index, tuple names):
-    # Called once a dict is known to hold a key that is not a column.
-    error = _unknown_key_error(record, index, names)
-    if error is None:
-        raise AssertionError("a dict key was not found in the dict")
-    return error
+cdef int _dict_values(
+    dict record, object start, Py_ssize_t i, tuple names, dict index_of, PyObject **slots
+) except -1:
+    """Set ``slots[j]`` to a new reference to ``record``'s value of column ``j`` (None if
+    absent). ``slots`` starts all NULL; on error the caller releases what was set.
 
-
-cdef int _fill(object record, Py_ssize_t index, tuple names, list out) except -1:
-    """Store ``record``'s value of column ``j`` in ``out[j][index]``."""
+    Keys built alike share the column objects, in column order: those are matched
+    by identity; any other key is looked up by its str value.
+    """
     cdef Py_ssize_t width = len(names)
-    cdef Py_ssize_t j, found = 0
+    cdef Py_ssize_t position = 0, p = 0, j
+    cdef PyObject *key
     cdef PyObject *item
-    cdef object value
-    cdef type kind = type(record)
-    if kind is tuple or kind is list:  # before the (slow) Mapping check
-        if len(record) != width:
-            raise wrong_length(len(record), index, width)
-        for j in range(width):
-            _put(out[j], index, record[j], True)
-        return 0
-    if kind is dict:
-        for j in range(width):
-            item = PyDict_GetItem(record, names[j])
-            if item is NULL:
-                value = None
-            else:
-                value = <object>item
-                found += 1
-            _put(out[j], index, value, True)
-        if found != len(<dict>record):
-            raise _unknown_dict_key(record, index, names)
-        return 0
-    if isinstance(record, (tuple, list)) and not isinstance(record, Mapping):
-        if len(record) != width:
-            raise wrong_length(len(record), index, width)
-        for j in range(width):
-            _put(out[j], index, record[j], True)
-        return 0
-    if isinstance(record, Mapping):
-        _check_mapping(record, index, names)
-        getter = record.get
-        for j in range(width):
-            _put(out[j], index, getter(names[j]), True)
-        return 0
-    raise not_a_record(record, index)
+    cdef PyObject *none = <PyObject *>None
+    cdef object owned_key, owned_value
+    while _dict_next(<PyObject *>record, &position, &key, &item):
+        if p < width and key == _seq_item(<PyObject *>names, p) and slots[p] is NULL:
+            _incref(item)
+            slots[p] = item
+        else:
+            # Own both first: looking a str subclass up allocates (a finalizer may run).
+            owned_key = <object>key
+            owned_value = <object>item
+            j = _column_of(owned_key, index_of)
+            if j < 0:
+                raise unknown_key(owned_key, _at(start, i), names)
+            if slots[j] is not NULL:
+                raise key_twice(names[j], _at(start, i))
+            Py_INCREF(owned_value)
+            slots[j] = <PyObject *>owned_value
+        p += 1
+    for j in range(width):
+        if slots[j] is NULL:
+            _incref(none)
+            slots[j] = none
+    return 0
 
 
-cdef tuple _row(object record, Py_ssize_t index, tuple names):
+cdef tuple _other_row(
+    object record, object start, Py_ssize_t i, tuple names, dict index_of
+):
+    """A record that is not an exact dict, tuple or list, read through its own methods."""
     cdef Py_ssize_t width = len(names)
-    cdef Py_ssize_t j, found = 0
-    cdef PyObject *item
-    cdef object value
-    cdef tuple row
-    cdef type kind = type(record)
-    if kind is tuple or kind is list:  # before the (slow) Mapping check
-        if len(record) != width:
-            raise wrong_length(len(record), index, width)
-        return tuple(record)
-    if kind is dict:
-        row = PyTuple_New(width)
-        for j in range(width):
-            item = PyDict_GetItem(record, names[j])
-            if item is NULL:
-                value = None
-            else:
-                value = <object>item
-                found += 1
-            _put(row, j, value, False)
-        if found != len(<dict>record):
-            raise _unknown_dict_key(record, index, names)
-        return row
+    cdef Py_ssize_t j
+    cdef bytearray seen
+    cdef tuple values
     if isinstance(record, Mapping):
-        _check_mapping(record, index, names)
+        seen = bytearray(width)
+        for key in record:
+            j = _column_of(key, index_of)
+            if j < 0:
+                raise unknown_key(key, _at(start, i), names)
+            if seen[j]:
+                raise key_twice(names[j], _at(start, i))
+            seen[j] = 1
         return tuple(map(record.get, names))
     if isinstance(record, (tuple, list)):
+        values = tuple(record)
+        if len(values) != width:
+            raise wrong_length(len(values), _at(start, i), width)
+        return values
+    raise not_a_record(record, _at(start, i))
+
+
+cdef tuple _row(object record, object start, Py_ssize_t i, tuple names, dict index_of):
+    cdef type kind = type(record)
+    cdef Py_ssize_t width = len(names)
+    cdef Py_ssize_t j
+    cdef PyObject **slots
+    cdef tuple row
+    if kind is tuple or kind is list:
         if len(record) != width:
-            raise wrong_length(len(record), index, width)
+            raise wrong_length(len(record), _at(start, i), width)
         return tuple(record)
-    raise not_a_record(record, index)
+    if kind is not dict:
+        return _other_row(record, start, i, names, index_of)
+    slots = <PyObject **>PyMem_Calloc(width + 1, sizeof(PyObject *))
+    if slots is NULL:
+        raise MemoryError()
+    try:
+        _dict_values(<dict>record, start, i, names, index_of, slots)
+        row = PyTuple_New(width)
+        for j in range(width):
+            _tuple_set(<PyObject *>row, j, slots[j])  # steals the slot's reference
+            slots[j] = NULL
+        return row
+    finally:
+        for j in range(width):
+            Py_XDECREF(slots[j])
+        PyMem_Free(slots)
 
 
 def keys_of(records):
-    """The first record's keys, in order: the columns when none are given (``[]`` if empty)."""
+    """The first record's keys, in order: the columns when none are given (``[]`` if empty).
+
+    A ``str`` subclass key is given as its ``str`` value.
+    """
     if not records:
         return []
     first = records[0]
     if not isinstance(first, Mapping):
         raise not_a_record(first, 0)
-    return list(first)
+    return [
+        PyUnicode_FromObject(key) if type(key) is not str and isinstance(key, str) else key
+        for key in first
+    ]
 
 
 def record_to_row(record, columns, index=0):
     """One record as a tuple in ``columns`` order (for COPY); ``index`` is used in errors."""
-    return _row(record, index, _checked_columns(columns))
+    cdef tuple names
+    cdef dict index_of
+    names, index_of = _checked_columns(columns)
+    return _row(record, _record_index(index, "index"), 0, names, index_of)
 
 
 def records_to_rows(records, columns, start=0):
     """Every record as a tuple in ``columns`` order; record indexes in errors begin at ``start``."""
-    cdef tuple names = _checked_columns(columns)
-    cdef Py_ssize_t index = start
+    cdef tuple names
+    cdef dict index_of
+    names, index_of = _checked_columns(columns)
+    first = _record_index(start, "start")
+    cdef tuple batch = tuple(records)
+    cdef Py_ssize_t i, count = len(batch)
     cdef list rows = []
-    for record in records:
-        rows.append(_row(record, index, names))
-        index += 1
+    for i in range(count):
+        rows.append(_row(batch[i], first, i, names, index_of))
     return rows
 
 
 cdef list _new_columns(Py_ssize_t width, Py_ssize_t count):
+    """``width`` lists of ``count`` empty slots, hidden from the garbage collector
+    (with the list holding them) until ``_reveal`` shows them complete."""
     cdef list out = PyList_New(width)
     cdef Py_ssize_t j
+    cdef object column
+    _gc_untrack(<PyObject *>out)
     for j in range(width):
-        _put(out, j, PyList_New(count), True)
+        column = PyList_New(count)
+        _gc_untrack(<PyObject *>column)
+        Py_INCREF(column)
+        _list_set(<PyObject *>out, j, <PyObject *>column)
+    return out
+
+
+cdef list _reveal(list out):
+    for column in out:
+        _gc_track(<PyObject *>column)
+    _gc_track(<PyObject *>out)
     return out
 
 
 def records_to_columns(records, columns):
     """One list per column holding that column's values in record order."""
-    cdef tuple names = _checked_columns(columns)
-    if type(records) is not list and type(records) is not tuple:
-        records = list(records)
+    cdef tuple names
+    cdef dict index_of
+    names, index_of = _checked_columns(columns)
+    cdef tuple batch = tuple(records)
     cdef Py_ssize_t width = len(names)
-    cdef Py_ssize_t count = len(records)
+    cdef Py_ssize_t count = len(batch)
     cdef list out = _new_columns(width, count)
-    cdef PyObject **keys = <PyObject **>PyMem_Malloc((width + 1) * sizeof(PyObject *))
     cdef PyObject **lists = <PyObject **>PyMem_Malloc((width + 1) * sizeof(PyObject *))
+    cdef PyObject **slots = <PyObject **>PyMem_Calloc(width + 1, sizeof(PyObject *))
     cdef PyObject *record
     cdef PyObject *item
-    cdef PyObject *none = <PyObject *>None
-    cdef PyObject *key
-    cdef Py_ssize_t i, j, found, position
-    if keys is NULL or lists is NULL:
-        PyMem_Free(keys)
+    cdef Py_ssize_t i, j
+    cdef type kind
+    cdef tuple row
+    if lists is NULL or slots is NULL:
         PyMem_Free(lists)
+        PyMem_Free(slots)
         raise MemoryError()
     try:
         for j in range(width):
-            keys[j] = <PyObject *>names[j]
-            lists[j] = <PyObject *>out[j]
+            lists[j] = _seq_item(<PyObject *>out, j)
         for i in range(count):
-            record = _seq_item(<PyObject *>records, i)
-            if not _is_exact_dict(record):
-                _fill(<object>record, i, names, out)
-                continue
-            # Records built alike share their key objects, in column order:
-            # take values in dict order while the keys match, then look up.
-            position = 0
-            found = 0
-            while found < width and _dict_next(record, &position, &key, &item):
-                if key != keys[found]:
-                    break
-                _incref(item)
-                _list_set(lists[found], i, item)
-                found += 1
-            for j in range(found, width):
-                item = _dict_get(record, keys[j])
-                if item is NULL:
-                    item = none
-                else:
-                    found += 1
-                _incref(item)
-                _list_set(lists[j], i, item)
-            if found != _dict_size(record):
-                raise _unknown_dict_key(<dict>record, i, names)
+            # Borrowed from the snapshot, which holds it alive whatever user code does.
+            record = _seq_item(<PyObject *>batch, i)
+            kind = type(<object>record)
+            if kind is dict:
+                _dict_values(<dict><object>record, 0, i, names, index_of, slots)
+                for j in range(width):
+                    _list_set(lists[j], i, slots[j])  # steals the slot's reference
+                    slots[j] = NULL
+            elif kind is tuple or kind is list:
+                # No user code runs here: the list cannot change under the loop.
+                if len(<object>record) != width:
+                    raise wrong_length(len(<object>record), i, width)
+                for j in range(width):
+                    item = _seq_item(record, j)
+                    _incref(item)
+                    _list_set(lists[j], i, item)
+            else:
+                row = _other_row(<object>record, 0, i, names, index_of)
+                for j in range(width):
+                    item = _seq_item(<PyObject *>row, j)
+                    _incref(item)
+                    _list_set(lists[j], i, item)
     finally:
-        PyMem_Free(keys)
+        for j in range(width):
+            Py_XDECREF(slots[j])
         PyMem_Free(lists)
-    return out
+        PyMem_Free(slots)
+    return _reveal(out)
 
 
 def tuples_to_columns(rows, column_count):
     """Transpose tuple/list rows of ``column_count`` values into one list per column."""
-    if type(column_count) is not int or column_count < 0:
+    if type(column_count) is not int or not 0 <= column_count <= MAX_COLUMNS:
         raise bad_count(column_count)
-    if not isinstance(rows, (list, tuple)):
-        rows = list(rows)
+    cdef tuple batch = tuple(rows)
     cdef Py_ssize_t width = column_count
-    cdef Py_ssize_t count = len(rows)
+    cdef Py_ssize_t count = len(batch)
     cdef list out = _new_columns(width, count)
     cdef Py_ssize_t i, j
+    cdef PyObject *item
     cdef object row
+    cdef type kind
     for i in range(count):
-        row = rows[i]
-        if not isinstance(row, (tuple, list)):
-            raise not_a_record(row, i)
+        row = batch[i]
+        kind = type(row)
+        if kind is not tuple and kind is not list:
+            if not isinstance(row, (tuple, list)):
+                raise not_a_record(row, i)
+            row = tuple(row)
         if len(row) != width:
             raise wrong_length(len(row), i, width)
         for j in range(width):
-            _put(out[j], i, row[j], True)
-    return out
+            item = _seq_item(<PyObject *>row, j)
+            _incref(item)
+            _list_set(_seq_item(<PyObject *>out, j), i, item)
+    return _reveal(out)
 
 
 cdef inline Py_ssize_t _size(object value):
@@ -301,6 +365,7 @@ cdef inline Py_ssize_t _size(object value):
     return FIXED_SIZE
 
 
+@cython.boundscheck(True)  # an allocation may run a finalizer that changes a column
 def batch_ends(columns, max_rows, max_bytes):
     """End offsets splitting rows into batches of at most ``max_rows`` rows and about
     ``max_bytes`` bytes of parameters (a single larger row still gets its own batch)."""
@@ -308,15 +373,19 @@ def batch_ends(columns, max_rows, max_bytes):
         raise ValueError(f"max_rows must be a positive int, not {max_rows!r}")
     if type(max_bytes) is not int or max_bytes < 1:
         raise ValueError(f"max_bytes must be a positive int, not {max_bytes!r}")
-    if not isinstance(columns, (list, tuple)) or not all(type(c) is list for c in columns):
+    if not isinstance(columns, (list, tuple)):
         raise TypeError("columns must be a list of per-column lists")
-    if not columns:
-        return []
     cdef tuple lists = tuple(columns)
+    for given in lists:
+        if type(given) is not list:
+            raise TypeError("columns must be a list of per-column lists")
+    if not lists:
+        return []
     cdef Py_ssize_t width = len(lists)
-    cdef Py_ssize_t count = len(lists[0])
-    cdef Py_ssize_t limit_rows = max_rows
-    cdef long long limit_bytes = max_bytes
+    cdef Py_ssize_t count = len(<list>lists[0])
+    # Larger limits never bind: at most ``count`` rows, far fewer bytes, fit a batch.
+    cdef Py_ssize_t limit_rows = min(max_rows, PY_SSIZE_T_MAX)
+    cdef long long limit_bytes = min(max_bytes, MAX_BYTES)
     cdef Py_ssize_t i, j, rows = 0
     cdef long long used = 0, size
     cdef list ends = []
@@ -346,17 +415,19 @@ def array_literal(values, default):
     ``None`` is NULL; bool, int, float and str are written directly; any other
     value is written as ``default(value)``; when that is ``None`` (or there is
     no ``default``) the values cannot be written and the result is ``None``.
+    The values are read from a snapshot taken first, whatever ``default`` does.
     """
     if type(values) is not list:
         raise TypeError(f"values must be a list, not {type(values).__name__}")
+    cdef tuple items = tuple(values)
     cdef list parts = ["{"]
-    cdef Py_ssize_t i, count = len(<list>values)
+    cdef Py_ssize_t i, count = len(items)
     cdef object value, text
     cdef type kind
     for i in range(count):
         if i:
             parts.append(",")
-        value = (<list>values)[i]
+        value = items[i]
         kind = type(value)
         if value is None:
             parts.append("NULL")
@@ -458,6 +529,8 @@ def binary_array(values, element):
     """
     if type(values) is not list:
         raise TypeError(f"values must be a list, not {type(values).__name__}")
+    if type(element) is not str and isinstance(element, str):
+        element = PyUnicode_FromObject(element)
     spec = BINARY_ELEMENTS.get(element) if type(element) is str else None
     if spec is None:
         raise bad_element(element)

@@ -7,7 +7,10 @@ thread and asyncio task of a cluster, so each method is atomic.
 
 Both twins behave identically, down to the ``random`` strategy's sequence:
 it uses its own splitmix64 generator, so the same seed gives the same picks
-in compiled and pure code.
+in compiled and pure code. Arguments are read by their real type and value:
+an ``int`` or ``str`` subclass counts as its plain value (its own methods,
+comparisons included, are never used), and a ``__class__`` an object claims
+is ignored.
 
 Thread safety: every state change happens in a ``critical_section`` on the
 selector that makes no Python call (arguments are converted to C values
@@ -25,6 +28,10 @@ from typing import NamedTuple
 
 cimport cython
 from libc.stdint cimport uint64_t
+
+cdef extern from "Python.h":
+    # An exact str copy of a str subclass, without calling any of its methods.
+    str PyUnicode_FromObject(object)
 
 __all__ = ["MAX_NODES", "STRATEGIES", "NodeStats", "Selector"]
 
@@ -48,6 +55,15 @@ class NodeStats(NamedTuple):
     in_flight: int
     picks: int
     up: bool
+
+
+cdef object _exact_int(object value, str what):
+    """``value`` as an exact int (an int subclass by its int value; bool is no int here)."""
+    if type(value) is int:
+        return value
+    if not isinstance(value, int) or type(value) is bool:
+        raise TypeError(f"{what}, not {type(value).__name__}")
+    return int.__index__(value)
 
 
 cdef inline int _popcount(uint64_t mask) noexcept nogil:
@@ -92,18 +108,19 @@ cdef class Selector:
 
     def __init__(self, node_count, strategy="round_robin", seed=None):
         cdef int i
-        if not isinstance(node_count, int) or isinstance(node_count, bool):
-            raise TypeError(f"node_count must be an int, not {type(node_count).__name__}")
+        node_count = _exact_int(node_count, "node_count must be an int")
         if not 1 <= node_count <= MAX_NODES:
             raise ValueError(f"node_count must be between 1 and {MAX_NODES}, got {node_count}")
-        if strategy not in STRATEGIES:
+        if type(strategy) is not str and isinstance(strategy, str):
+            strategy = PyUnicode_FromObject(strategy)
+        if type(strategy) is not str or strategy not in STRATEGIES:
             raise ValueError(
                 f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}"
             )
         if seed is None:
             seed = int.from_bytes(urandom(8), "little")
-        elif not isinstance(seed, int) or isinstance(seed, bool):
-            raise TypeError(f"seed must be an int or None, not {type(seed).__name__}")
+        else:
+            seed = _exact_int(seed, "seed must be an int or None")
         self._n = node_count
         self._strategy = strategy
         self._kind = (
@@ -217,8 +234,7 @@ cdef class Selector:
 
     cdef int _index(self, object index) except -1:
         cdef long long i
-        if not isinstance(index, int) or isinstance(index, bool):
-            raise TypeError(f"node index must be an int, not {type(index).__name__}")
+        index = _exact_int(index, "node index must be an int")
         try:
             i = index
         except OverflowError:
@@ -227,11 +243,14 @@ cdef class Selector:
             raise IndexError(f"node index {index} out of range for {self._n} nodes")
         return <int>i
 
+    @cython.boundscheck(True)  # user code runs between reads of ``eligible``
     cdef uint64_t _up_mask_of(self, object eligible) except? 0:
         cdef uint64_t mask = 0
         cdef bint fits = True
-        cdef Py_ssize_t i
-        if isinstance(eligible, int) and not isinstance(eligible, bool):
+        cdef Py_ssize_t i, size
+        cdef tuple items
+        if isinstance(eligible, int) and type(eligible) is not bool:
+            eligible = _exact_int(eligible, "")
             try:
                 mask = eligible
             except OverflowError:
@@ -246,10 +265,14 @@ cdef class Selector:
                 "eligible must be None, an int bitmask or a sequence of bools, "
                 f"not {type(eligible).__name__}"
             )
-        if len(eligible) != self._n:
-            raise ValueError(f"eligible has {len(eligible)} entries for {self._n} nodes")
+        size = len(eligible)
+        if size != self._n:
+            raise ValueError(f"eligible has {size} entries for {self._n} nodes")
+        # Every entry is read before any truth value is asked for: a __bool__
+        # that changes ``eligible`` cannot make the loop read past its end.
+        items = tuple([eligible[i] for i in range(self._n)])
         for i in range(self._n):
-            if eligible[i]:
+            if items[i]:
                 mask |= (<uint64_t>1) << i
         return mask
 

@@ -274,3 +274,67 @@ def test_twins_agree_on_any_template(
     assert all(outcome == outcomes[0] for outcome in outcomes)
     if outcomes[0][0] == "ok" and not args and not kwargs:
         assert outcomes[0][1] == (template.replace("{{", "{").replace("}}", "}"), [])
+
+
+class Sneaky(str):
+    """Equal and hashed as its text, lying about it everywhere else."""
+
+    __hash__ = str.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        return str.__eq__(self, other)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index: Any) -> str:
+        return "x"
+
+    def __contains__(self, item: object) -> bool:
+        return False
+
+    def __iter__(self) -> Any:
+        return iter("x")
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        return b"x"
+
+    def replace(self, *args: Any, **kwargs: Any) -> str:
+        return "x"
+
+    def __str__(self) -> str:
+        return "x"
+
+
+class Disguised:
+    """``sql`` with every text it is given (template, names, keywords, separators) a Sneaky."""
+
+    def __init__(self, sql: Any) -> None:
+        self.sql = sql
+
+    def __call__(self, template: str, *args: Any, **kwargs: Any) -> Any:
+        return self.sql(Sneaky(template), *args, **{Sneaky(k): v for k, v in kwargs.items()})
+
+    def ident(self, *names: str) -> Any:
+        return self.sql.ident(*map(Sneaky, names))
+
+    def value(self, value: Any) -> Any:
+        return self.sql.value(value)
+
+    def unsafe(self, text: str) -> Any:
+        return self.sql.unsafe(Sneaky(text))
+
+    def join(self, queries: Any, separator: Any) -> Any:
+        return self.sql.join(queries, Sneaky(separator) if type(separator) is str else separator)
+
+
+@settings(max_examples=200, deadline=None)
+@given(recipes)
+def test_str_subclasses_count_as_their_value(recipe: Recipe) -> None:
+    """A str subclass's methods never shape the SQL: it is read as its str value."""
+    expected = render(model(recipe))
+    for impl in IMPLS:
+        sql = twin("_compose", impl).sql
+        assert repr(outcome(build(Disguised(sql), recipe))) == repr(outcome(build(sql, recipe)))
+        if not isinstance(expected, str):
+            assert outcome(build(Disguised(sql), recipe)) == expected, impl

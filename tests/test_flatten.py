@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
@@ -12,6 +15,8 @@ import pytest
 from conftest import IMPLS, twin
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from pgfast import _bulk
 
 pytestmark = pytest.mark.nodb
 
@@ -268,6 +273,181 @@ def test_binary_array_errors(flat: ModuleType) -> None:
         flat.binary_array([1], None)
     with pytest.raises(TypeError, match="values must be a list, not tuple"):
         flat.binary_array((1,), "int4")
+
+
+def run_isolated(flat: ModuleType, body: str) -> str:
+    """Run ``body`` (with ``flat`` imported as ``flat``) in a fresh interpreter: a crash
+    there is a failed test, not a dead pytest. Returns what it printed."""
+    script = f"import {flat.__name__} as flat\n" + textwrap.dedent(body)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, f"exit status {done.returncode}: {done.stderr[-2000:]}"
+    return done.stdout.strip()
+
+
+def test_a_record_that_empties_the_input_cannot_crash_or_skew_the_load(flat: ModuleType) -> None:
+    printed = run_isolated(
+        flat,
+        """
+        from collections.abc import Mapping
+
+        class Emptying(Mapping):
+            # A record whose methods (user code) empty the list it came in.
+            def __init__(self, victim): self.victim = victim
+            def __getitem__(self, key): raise KeyError(key)
+            def __iter__(self): self.victim.clear(); return iter(["a"])
+            def __len__(self): return 1
+            def get(self, key, default=None): self.victim.clear(); return "m"
+
+        class EqualEmpties(str):
+            # Equal to "b" and hashed alike: a dict lookup of "b" calls its __eq__.
+            __hash__ = str.__hash__
+            def __eq__(self, other): records.clear(); return str.__eq__(self, other)
+
+        for name in ("records_to_columns", "records_to_rows"):
+            records = []
+            records += [Emptying(records), {"a": 1, "b": 2}, {"a": [3] * 9, "b": "x" * 99}]
+            records += [{"a": 4, EqualEmpties("b"): 5}, (6, 7), Emptying(records), [8, 9]]
+            print(getattr(flat, name)(records, ["a", "b"]))
+        """,
+    ).splitlines()
+    nine, many = [3] * 9, "x" * 99
+    assert printed == [
+        repr([["m", 1, nine, 4, 6, "m", 8], ["m", 2, many, 5, 7, "m", 9]]),
+        repr([("m", "m"), (1, 2), (nine, many), (4, 5), (6, 7), ("m", "m"), (8, 9)]),
+    ]
+
+
+def test_tuples_to_columns_reads_a_snapshot(flat: ModuleType) -> None:
+    printed = run_isolated(
+        flat,
+        """
+        class Emptying(tuple):
+            def __iter__(self): rows.clear(); return tuple.__iter__(self)
+            def __len__(self): rows.clear(); return tuple.__len__(self)
+            def __getitem__(self, index): rows.clear(); return tuple.__getitem__(self, index)
+
+        rows = []
+        rows += [Emptying((1, 2)), (3, 4), [5, 6]]
+        print(flat.tuples_to_columns(rows, 2))
+        """,
+    )
+    assert printed == repr([[1, 3, 5], [2, 4, 6]])
+
+
+def test_array_literal_reads_a_snapshot(flat: ModuleType) -> None:
+    # default() empties the list: the values written are still the ones given.
+    printed = run_isolated(
+        flat,
+        """
+        values = [object()] + ["x" * 20] * 3000
+
+        def default(value):
+            values.clear()
+            return "o"
+
+        literal = flat.array_literal(values, default)
+        print(literal == "{" + ",".join(['"o"'] + ['"' + "x" * 20 + '"'] * 3000) + "}")
+        """,
+    )
+    assert printed == "True"
+
+
+class Sub(str):
+    """A str subclass: it counts as its str value."""
+
+
+class Hostile(str):
+    """A str subclass whose methods must never be called (hashing works as str's)."""
+
+    __hash__ = str.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        raise AssertionError("__eq__ called")
+
+    def __repr__(self) -> str:
+        raise AssertionError("__repr__ called")
+
+
+@pytest.mark.parametrize("kind", [Sub, Hostile])
+def test_str_subclass_keys_and_columns_count_as_their_value(
+    flat: ModuleType, kind: type[str]
+) -> None:
+    records = [{kind("id"): 1, kind("t"): "a"}, {"id": 2, kind("t"): "b"}]
+    names = flat.keys_of(records)
+    assert names == ["id", "t"] and all(type(n) is str for n in names)
+    assert flat.records_to_columns(records, names) == [[1, 2], ["a", "b"]]
+    assert flat.records_to_columns(records, [kind("t"), kind("id")]) == [["a", "b"], [1, 2]]
+    assert flat.records_to_rows(records, [kind("id"), "t"]) == [(1, "a"), (2, "b")]
+    assert flat.record_to_row(Record(**{"t": 5}), [kind("t")]) == (5,)
+    with pytest.raises(ValueError, match=r"record 1 has key 'x', which is not one of"):
+        flat.records_to_columns([{"id": 1}, {kind("x"): 1}], ["id"])
+    with pytest.raises(ValueError, match="column 'id' is listed twice"):
+        flat.records_to_columns([], ["id", kind("id")])
+
+
+def test_bulk_insert_plan_takes_str_subclass_keys() -> None:
+    # What bulk_insert does before anything is sent: keys_of, then records_to_columns.
+    records = [{Sub("id"): 1, Sub("t"): "x"}, {Sub("id"): 2, Sub("t"): "y"}]
+    plan = _bulk.plan_insert("items", records, column_types={"id": "int8", "t": "text"})
+    assert plan.columns == ("id", "t")
+    [query] = plan.queries()
+    text, params = query.format()
+    assert text.startswith('INSERT INTO "items" ("id", "t") ')
+    assert params[1] == '{"x","y"}'
+
+
+def test_two_keys_for_one_column(flat: ModuleType) -> None:
+    class Apart(str):
+        # Hashes unlike "id", so a dict holds both; still the column "id".
+        __eq__ = str.__eq__
+
+        def __hash__(self) -> int:
+            return 7
+
+    with pytest.raises(ValueError, match="record 1 has two keys for column 'id'"):
+        flat.records_to_columns([{"id": 1}, {"id": 1, Apart("id"): 2}], ["id"])
+    with pytest.raises(ValueError, match="record 4 has two keys for column 'id'"):
+        flat.record_to_row({Apart("id"): 1, "id": 2}, ["id"], 4)
+
+
+def test_a_key_that_is_not_a_str_is_not_a_column(flat: ModuleType) -> None:
+    with pytest.raises(ValueError, match=r"record 0 has key 1 of type int: keys must be column"):
+        flat.records_to_columns([{1: "a"}], ["id"])
+
+    class Claims:
+        __class__ = str  # type: ignore[assignment]
+
+    with pytest.raises(ValueError, match=r"record 0 has key .* of type Claims"):
+        flat.records_to_rows([{Claims(): 1}], ["id"])
+
+
+@pytest.mark.parametrize("count", [1665, 2**62, 2**200])
+def test_column_count_over_the_postgresql_limit(flat: ModuleType, count: int) -> None:
+    with pytest.raises(ValueError, match="column_count must be between 0 and 1664"):
+        flat.tuples_to_columns([(1, 2)], count)
+    with pytest.raises(ValueError, match="column_count must be between 0 and 1664"):
+        flat.tuples_to_columns([], count)
+
+
+def test_record_indexes_are_ints_of_any_size(flat: ModuleType) -> None:
+    with pytest.raises(ValueError, match=f"record {2**70 + 1} has key 'x'"):
+        flat.records_to_rows([{}, {"x": 1}], ["id"], 2**70)
+    with pytest.raises(ValueError, match=f"record {-5} has 1 values"):
+        flat.record_to_row((1,), ["a", "b"], -5)
+    with pytest.raises(TypeError, match="start must be an int"):
+        flat.records_to_rows([], ["id"], "0")
+    with pytest.raises(TypeError, match="index must be an int"):
+        flat.record_to_row({}, ["id"], None)
+
+
+def test_batch_limits_beyond_a_machine_word(flat: ModuleType) -> None:
+    columns = [list(range(5))]
+    assert flat.batch_ends(columns, 2**70, 2**70) == [5]
+    assert flat.batch_ends(columns, 2, 2**64) == [2, 4, 5]
+
+
+def test_binary_array_element_may_be_a_str_subclass(flat: ModuleType) -> None:
+    assert flat.binary_array([1], Hostile("int4")) == flat.binary_array([1], "int4")
 
 
 # --- compiled vs pure parity -------------------------------------------------------------

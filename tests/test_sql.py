@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import pickle
 import re
+import subprocess
 import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -542,6 +543,142 @@ class TestSQLQuery:
             restore((1, 2), (3,))
         with pytest.raises(TypeError):
             restore(["a"], [])
+
+
+class _Lying(str):
+    """A str subclass whose methods all lie about its text."""
+
+    def __eq__(self, other: object) -> bool:
+        return True
+
+    def __ne__(self, other: object) -> bool:
+        return False
+
+    def __hash__(self) -> int:
+        return 0  # hash("") is 0 too
+
+    def __len__(self) -> int:
+        return 1
+
+    def __contains__(self, item: object) -> bool:
+        return False
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        return b"x"
+
+    def replace(self, *args: Any, **kwargs: Any) -> str:
+        return "replaced"
+
+    def __str__(self) -> str:
+        return "lie"
+
+
+class _Raising(str):
+    """A str subclass whose comparisons and text methods raise."""
+
+    __hash__ = str.__hash__
+
+    def __eq__(self, other: object) -> bool:
+        raise RuntimeError("__eq__ called")
+
+    def encode(self, *args: Any, **kwargs: Any) -> bytes:
+        raise RuntimeError("encode called")
+
+    def replace(self, *args: Any, **kwargs: Any) -> str:
+        raise RuntimeError("replace called")
+
+
+class _Plain(str):
+    pass
+
+
+@nodb
+class TestStrSubclassesByValue:
+    """A str subclass counts as its str value: its own methods never shape the SQL."""
+
+    @pytest.mark.parametrize("kind", [_Plain, _Lying, _Raising])
+    def test_ident(self, sql: Any, kind: type[str]) -> None:
+        assert sql.ident(kind('a"b'), kind("t")).format() == ('"a""b"."t"', [])
+        with pytest.raises(ValueError, match="longer than 63 bytes"):
+            sql.ident(kind("x" * 64))
+        with pytest.raises(ValueError, match="NUL character"):
+            sql.ident(kind("a\x00"))
+
+    def test_ident_cache_is_not_fooled_by_a_lying_name(self, sql: Any) -> None:
+        class Posing(str):
+            def __eq__(self, other: object) -> bool:
+                return True
+
+            def __hash__(self) -> int:
+                return hash(("b",)[0])
+
+        assert sql.ident(Posing("a")).format()[0] == '"a"'
+        assert sql.ident("b").format()[0] == '"b"'
+
+    def test_ident_with_a_lone_surrogate_is_a_clear_error(self, sql: Any) -> None:
+        with pytest.raises(ValueError, match="lone surrogate"):
+            sql.ident("a\ud800")
+
+    @pytest.mark.parametrize("kind", [_Plain, _Lying, _Raising])
+    def test_join_separator(self, sql: Any, kind: type[str]) -> None:
+        parts = [sql("a"), sql("b")]
+        assert sql.join(parts, kind(" AND ")).format() == ("a AND b", [])
+        # Posing as an allowed separator (equal to all, hashing like "") gets nowhere.
+        with pytest.raises(ValueError, match="is not allowed"):
+            sql.join(parts, kind("; DROP TABLE t; --"))
+
+    @pytest.mark.parametrize("kind", [_Plain, _Lying, _Raising])
+    def test_keyword_names(self, mod: ModuleType, kind: type[str]) -> None:
+        assert mod.compose("{x} {y}", (), {kind("x"): 1, "y": 2}).format() == ("$1 $2", [1, 2])
+        assert mod.sql("{x}", **{_Plain("x"): 1}).format() == ("$1", [1])
+        with pytest.raises(TypeError, match=r"keyword argument 'z' is not used"):
+            mod.compose("{x}", (), {kind("x"): 1, "z": 2})
+
+    def test_keyword_name_given_twice(self, mod: ModuleType) -> None:
+        class Apart(str):
+            __eq__ = str.__eq__
+
+            def __hash__(self) -> int:
+                return 7
+
+        with pytest.raises(TypeError, match="'x' is given twice"):
+            mod.compose("{x}", (), {"x": 1, Apart("x"): 2})
+
+    def test_compose_takes_a_tuple_and_a_dict(self, mod: ModuleType) -> None:
+        with pytest.raises(TypeError, match="args must be a tuple, not 'list'"):
+            mod.compose("{}", [1], {})
+        with pytest.raises(TypeError, match="kwargs must be a dict, not 'NoneType'"):
+            mod.compose("x", (), None)
+        with pytest.raises(TypeError, match="keyword argument names must be str, not 'int'"):
+            mod.compose("x", (), {1: 2})
+
+    @pytest.mark.parametrize("kind", [_Plain, _Lying, _Raising])
+    def test_template_and_unsafe_text(self, sql: Any, kind: type[str]) -> None:
+        assert sql(kind("a = {}"), 1).format() == ("a = $1", [1])
+        assert sql.unsafe(kind("now()")).format() == ("now()", [])
+
+    def test_a_claimed_class_is_not_a_str(self, sql: Any) -> None:
+        class Claims:
+            __class__ = str  # type: ignore[assignment]
+
+        with pytest.raises(TypeError, match="names must be str"):
+            sql.ident(Claims())
+        with pytest.raises(TypeError, match="takes a str"):
+            sql.unsafe(Claims())
+
+
+@nodb
+def test_a_query_made_by_new_is_the_empty_query(mod: ModuleType, sql: Any) -> None:
+    # It never crashes the compiled twin: run where a crash cannot take pytest down.
+    script = (
+        f"import pickle; from {mod.__name__} import SQLQuery, sql; "
+        "q = SQLQuery.__new__(SQLQuery); "
+        "print(q.format(), (sql('a {} b', q) + q).format(), "
+        "pickle.loads(pickle.dumps(q)) == sql(''))"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[0] == "('', []) ('a  b', []) True"
 
 
 @nodb
