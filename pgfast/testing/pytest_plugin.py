@@ -5,6 +5,8 @@
 - ``pg_cluster``: a started ``LocalCluster`` with 2 streaming replicas, shared
   by the session. A test that stops, pauses or restarts one of its servers
   must put it back (``start_replica``, ``resume_replay``) before it ends.
+- ``pg_bouncer``: a ``LocalPgBouncer`` in transaction mode in front of the
+  ``pg_url`` server, shared by the session.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 
 from ._local import LocalCluster
+from ._pgbouncer import LocalPgBouncer
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -37,3 +40,10 @@ def pg_cluster() -> Iterator[LocalCluster]:
     """A throwaway primary with 2 streaming replicas, stopped at session end."""
     with LocalCluster(replicas=2) as cluster:
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def pg_bouncer(pg_url: str) -> Iterator[LocalPgBouncer]:
+    """A PgBouncer in transaction mode in front of ``pg_url``; connect to its ``.url``."""
+    with LocalPgBouncer(pg_url) as bouncer:
+        yield bouncer
