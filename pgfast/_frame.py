@@ -19,6 +19,10 @@ A server error raised through pgfast keeps its psycopg class, ``sqlstate`` and
   whatever the parameters: ``invalid input ...: "<value>"``,
   ``Key (cols)=(<values>)`` and ``Failing row contains (<values>)``. ``diag``
   still holds the server's original fields for code that needs them.
+  libpq's and the server's own phrases that hold numbers (``number of
+  parameters must be between 0 and 65535``, ``character varying(10)``) are
+  kept whole even when a parameter equals one of their numbers: these
+  phrases never echo a value.
 - known passwords are replaced as well (``secrets``).
 """
 
@@ -27,7 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import re
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any
@@ -54,6 +58,49 @@ _ECHO_PATTERNS = (
     # value "99999999999" is out of range for type integer
     re.compile(r'(value )".*"(?= is out of range)'),
 )
+
+
+# libpq's, psycopg's and the server's own phrases whose numbers a parameter
+# may happen to equal. Each is a whole phrase in which no value is ever echoed,
+# so that a value (say, of a user's RAISE) cannot hide behind it.
+_KEPT_PHRASES = re.compile(
+    "|".join(
+        (
+            r"number of parameters must be between 0 and \d+\b",
+            r"the query has \d+ placeholders? but \d+ parameters? (?:was|were) passed",
+            r"bind message supplies \d+ parameters?, but prepared statement .*? requires \d+\b",
+            r"bind message has \d+ (?:parameter formats but \d+ parameters"
+            r"|result formats but query has \d+ columns)",
+            r"(?:there is no|could not determine data type of|inconsistent types deduced for) "
+            r"parameter \$\d+\b",
+            r"for type (?:character varying|character|bit varying|bit)\(\d+\)",
+            r"bit string length \d+ does not match type bit\(\d+\)",
+            r"A field with precision \d+, scale \d+ (?:must round to an absolute value less "
+            r"than (?:10\^)?-?\d+\b|cannot hold an infinite value)",
+            r"index row size \d+ exceeds (?:btree version \d+ )?maximum \d+ for index",
+            r"index row requires \d+ bytes, maximum size is \d+\b",
+            r"row is too big: size \d+, maximum size \d+\b",
+            r"number of array dimensions \(\d+\) exceeds the maximum allowed \(\d+\)",
+            r"array size exceeds the maximum allowed \(\d+\)",
+            r"cannot pass more than \d+ arguments? to a function",
+            r"target lists can have at most \d+ entries",
+            r"tables can have at most \d+ columns",
+            r"string is too long for tsvector \(\d+ bytes, max \d+ bytes\)",
+            r"total size of jsonb (?:array|object) elements exceeds the maximum of \d+ bytes",
+        )
+    )
+)
+
+
+def _outside_kept_phrases(message: str, redact: Callable[[str], str]) -> str:
+    """``redact`` applied to every part of ``message`` outside ``_KEPT_PHRASES``."""
+    out: list[str] = []
+    done = 0
+    for match in _KEPT_PHRASES.finditer(message):
+        out += (redact(message[done : match.start()]), match.group())
+        done = match.end()
+    out.append(redact(message[done:]))
+    return "".join(out)
 
 
 def _text_forms(value: Any) -> list[str]:
@@ -113,9 +160,14 @@ def redact_params(message: str, params: Sequence[Any] | None, every_quoted: bool
     if params:
         forms = {f for p in params for f in _text_forms(p) if f}
         message = _redact_quoted(message, forms)
-        long_forms = (f for f in forms if len(f) >= MIN_REDACTED_LEN)
-        for form in sorted(long_forms, key=len, reverse=True):
-            message = message.replace(form, REDACTED_VALUE)
+        long_forms = sorted((f for f in forms if len(f) >= MIN_REDACTED_LEN), key=len, reverse=True)
+
+        def redact_long_forms(part: str) -> str:
+            for form in long_forms:
+                part = part.replace(form, REDACTED_VALUE)
+            return part
+
+        message = _outside_kept_phrases(message, redact_long_forms)
     for pattern in _ECHO_PATTERNS:
         message = pattern.sub(lambda m: m.group(1) + REDACTED_VALUE, message)
     return message

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import itertools
+import math
 import threading
 import typing
 from typing import Any
@@ -11,15 +12,22 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from psycopg.conninfo import conninfo_to_dict
 
 import pgfast
 from pgfast._config import (
+    KEEPALIVE_DEFAULTS,
+    OPTION_NAMES,
     PASSWORD_HISTORY,
     REDACTED,
+    AsyncPoolOptions,
     PoolConfig,
     PoolOptions,
+    ResolvedOptions,
+    parse_keyword_value,
     resolve_config,
     session_settings,
+    split_string_options,
 )
 from pgfast._exceptions import ConfigurationError
 from pgfast._frame import REDACTED_VALUE, code_frame, redact_params
@@ -67,20 +75,48 @@ def test_unknown_and_invalid_options() -> None:
         {"idle_timeout": "30"},
         {"max_uses": 0},
         {"row_type": "namedtuple"},
+        {"prepare_threshold": -1},
+        {"prepare_threshold": "5"},
+        {"prepare_threshold": True},
+        {"prepare_threshold": 2.0},
+        {"query_timeout": 0},
+        {"query_timeout": -1.5},
+        {"query_timeout": math.inf},
+        {"query_timeout": math.nan},
+        {"query_timeout": "1"},
     ]
     for options in bad:
         with pytest.raises(ValueError, match=next(iter(options))):
             resolve_config(URL, options)
-    for options in ({"schema": 3}, {"password": 42}, {"on_error": "log"}):
+    wrong_types: list[dict[str, object]] = [
+        {"schema": 3},
+        {"password": 42},
+        {"on_error": "log"},
+        {"configure": "SET x = 1"},
+        {"pipeline": 1},
+        {"pipeline": None},
+    ]
+    for options in wrong_types:
         with pytest.raises(TypeError, match=next(iter(options))):
             resolve_config(URL, options)
+
+    async def configure(conn: object) -> None:
+        pass
+
+    good = resolve_config(
+        URL,
+        {"prepare_threshold": 0, "query_timeout": 0.25, "configure": configure, "pipeline": False},
+    ).options
+    assert (good.prepare_threshold, good.query_timeout, good.pipeline) == (0, 0.25, False)
+    assert good.configure is configure
+    assert resolve_config(URL, {"prepare_threshold": None}).options.prepare_threshold is None
     with pytest.raises(TypeError, match="connection string must be a str"):
         create_pool(b"postgresql://x")  # type: ignore[arg-type]
 
 
 def test_defaults_match_the_contract() -> None:
     opts = resolve_config(URL, {}).options
-    assert opts == PoolOptions()
+    assert opts == ResolvedOptions()
     assert (opts.pool_size, opts.min_size, opts.queue_timeout, opts.connect_timeout) == (
         10,
         0,
@@ -92,6 +128,12 @@ def test_defaults_match_the_contract() -> None:
         3600.0,
         None,
         "dict",
+    )
+    assert (opts.prepare_threshold, opts.query_timeout, opts.configure, opts.pipeline) == (
+        5,
+        None,
+        None,
+        True,
     )
 
 
@@ -327,3 +369,173 @@ def test_quoted_echoes_are_redacted() -> None:
     ]
     for message, params, expected in cases:
         assert expected in redact_params(message, params), message
+
+
+def test_option_typeddicts_list_every_option() -> None:
+    for options in (PoolOptions, AsyncPoolOptions):
+        assert options.__optional_keys__ == OPTION_NAMES
+        assert not options.__required_keys__
+        hints = typing.get_type_hints(options)  # resolvable at run time
+        assert typing.get_args(hints["row_type"]) == ("dict", "tuple")
+
+
+def merged(config: PoolConfig) -> dict[str, Any]:
+    """The parameters psycopg connects with: the string's, overridden by the kwargs."""
+    kwargs = {k: v for k, v in config.connect_kwargs.items() if k != "autocommit"}
+    return {k: str(v) for k, v in conninfo_to_dict(config.conninfo, **kwargs).items()}
+
+
+def test_pgfast_options_in_a_uri(no_env: None) -> None:
+    config = resolve_config(
+        "postgresql://u:p%26w@h/db?sslmode=require&prepare%5Fthreshold=0"
+        "&application_name=a%20b&query_timeout=2.5",
+        {},
+    )
+    # Taken out for libpq, everything else kept as written.
+    assert config.conninfo == "postgresql://u:p%26w@h/db?sslmode=require&application_name=a%20b"
+    assert (config.options.prepare_threshold, config.options.query_timeout) == (0, 2.5)
+    assert merged(config)["password"] == "p&w"
+    assert (
+        resolve_config("postgresql://h/db?prepare_threshold=", {}).options.prepare_threshold is None
+    )
+    only = resolve_config("postgresql://h/db?query_timeout=1e1", {})
+    assert (only.conninfo, only.options.query_timeout) == ("postgresql://h/db", 10.0)
+    # An option's name inside another option's value is not the option.
+    config = resolve_config("postgresql://h/db?application_name=prepare_threshold%3D1", {})
+    assert config.options.prepare_threshold == 5
+    assert merged(config)["application_name"] == "prepare_threshold=1"
+    # A "?" or "&" in the password is not the query.
+    config = resolve_config("postgresql://u:a?prepare_threshold=1&b@h/db", {})
+    assert config.options.prepare_threshold == 5 and config.secrets == {"a?prepare_threshold=1&b"}
+
+
+def test_pgfast_options_in_a_key_value_string(no_env: None) -> None:
+    conninfo = (
+        "host=h application_name='my app\\'s' prepare_threshold = 2 "
+        "password='pa ss\\\\' query_timeout='0.5' options='-c query_timeout=7'"
+    )
+    config = resolve_config(conninfo, {})
+    assert (config.options.prepare_threshold, config.options.query_timeout) == (2, 0.5)
+    assert config.conninfo == (
+        "host=h application_name='my app\\'s'  password='pa ss\\\\'  options='-c query_timeout=7'"
+    )
+    params = merged(config)
+    assert params["application_name"] == "my app's" and params["password"] == "pa ss\\"
+    assert params["options"].startswith("-c query_timeout=7")
+    # The last one wins, as libpq's own options; '' is the empty value.
+    config = resolve_config("prepare_threshold=1 host=h prepare_threshold=''", {})
+    assert config.options.prepare_threshold is None and merged(config) == merged(
+        resolve_config("host=h", {})
+    )
+    # After "=", libpq skips blanks: "prepare_threshold= host=h" gives it "host=h".
+    with pytest.raises(ConfigurationError, match="prepare_threshold"):
+        resolve_config("prepare_threshold= host=h", {})
+    assert parse_keyword_value("a=1 b = 'x y' c=\\ ") is not None
+    assert parse_keyword_value("a=1 b") is None and parse_keyword_value("a='x") is None
+
+
+def test_keyword_options_override_the_string(no_env: None) -> None:
+    url = "postgresql://h/db?prepare_threshold=1&query_timeout=3"
+    config = resolve_config(url, {"prepare_threshold": None, "query_timeout": 9})
+    assert (config.options.prepare_threshold, config.options.query_timeout) == (None, 9)
+    config = resolve_config(url, {"prepare_threshold": 7})
+    assert (config.options.prepare_threshold, config.options.query_timeout) == (7, 3.0)
+
+
+@pytest.mark.parametrize(
+    "conninfo",
+    [
+        "postgresql://h/db?prepare_threshold=abc",
+        "postgresql://h/db?prepare_threshold=-1",
+        "postgresql://h/db?prepare_threshold=1.5",
+        "postgresql://h/db?prepare_threshold",
+        "postgresql://h/db?prepare_threshold=%zz",
+        "host=h prepare_threshold=none",
+        "postgresql://h/db?query_timeout=0",
+        "postgresql://h/db?query_timeout=-1",
+        "postgresql://h/db?query_timeout=inf",
+        "postgresql://h/db?query_timeout=nan",
+        "postgresql://h/db?query_timeout=1_000",
+        "host=h query_timeout=soon",
+    ],
+)
+def test_malformed_pgfast_options_in_the_string(conninfo: str, no_env: None) -> None:
+    name = "prepare_threshold" if "prepare" in conninfo else "query_timeout"
+    with pytest.raises(ConfigurationError, match=name):
+        resolve_config(conninfo, {})
+    with pytest.raises(ConfigurationError, match=name):  # even when a keyword overrides it
+        resolve_config(conninfo, {name: None})
+
+
+def test_connect_timeout_from_the_string(no_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = resolve_config("postgresql://h/db?connect_timeout=1", {})
+    assert merged(config)["connect_timeout"] == "1"  # not pgfast's default 10
+    # psycopg waits at least 2 s, as libpq does: that is what the pool waits for.
+    assert config.connect_timeout == config.options.connect_timeout == 2.0
+    assert resolve_config("host=h connect_timeout=5", {}).connect_timeout == 5.0
+    config = resolve_config("postgresql://h/db?connect_timeout=5", {"connect_timeout": 3})
+    assert merged(config)["connect_timeout"] == "3" and config.connect_timeout == 3.0
+    config = resolve_config("host=h", {"connect_timeout": 2.5})  # libpq counts whole seconds
+    assert merged(config)["connect_timeout"] == "3" and config.connect_timeout == 3.0
+    config = resolve_config("host=h", {})
+    assert merged(config)["connect_timeout"] == "10" and config.connect_timeout == 10.0
+    for bad in ("abc", "1.5", "99999999999", ""):
+        conninfo = "host=h connect_timeout=" + (bad or "''")
+        with pytest.raises(ConfigurationError, match="connect_timeout"):
+            resolve_config(conninfo, {})
+        with pytest.raises(ConfigurationError, match="connect_timeout"):
+            resolve_config(conninfo, {"connect_timeout": 3})
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "4")
+    config = resolve_config("host=h", {})
+    assert "connect_timeout" not in config.connect_kwargs and config.connect_timeout == 4.0
+    monkeypatch.setenv("PGCONNECT_TIMEOUT", "soon")
+    with pytest.raises(ConfigurationError, match="PGCONNECT_TIMEOUT"):
+        resolve_config("host=h", {})
+    assert resolve_config("host=h", {"connect_timeout": 3}).connect_timeout == 3.0  # not read
+    assert resolve_config("host=h connect_timeout=6", {}).connect_timeout == 6.0
+
+
+def test_keepalives_unless_the_string_sets_them(no_env: None) -> None:
+    params = merged(resolve_config("postgresql://h/db", {}))
+    assert {k: params[k] for k in KEEPALIVE_DEFAULTS} == {
+        "keepalives": "1",
+        "keepalives_idle": "30",
+        "keepalives_interval": "10",
+        "keepalives_count": "3",
+        "tcp_user_timeout": "60000",
+    }
+    params = merged(resolve_config("postgresql://h/db?keepalives_idle=5&tcp_user_timeout=0", {}))
+    assert (params["keepalives_idle"], params["tcp_user_timeout"], params["keepalives"]) == (
+        "5",
+        "0",
+        "1",
+    )
+    params = merged(resolve_config("host=h keepalives=0", {}))
+    assert params["keepalives"] == "0"
+    # A service file may set them: a keyword argument would override it.
+    params = merged(resolve_config("service=mine", {}))
+    assert not set(KEEPALIVE_DEFAULTS) & set(params)
+    with pytest.raises(ConfigurationError, match="keepalives_count"):
+        resolve_config("host=h keepalives_count=many", {})
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["host", "dbname", "application_name", "options", "user"]),
+            st.text(alphabet=" ab'\\=?&%\t", max_size=8),
+        ),
+        max_size=4,
+    ),
+    st.sampled_from(["", "prepare_threshold=3", "query_timeout='1.5'"]),
+)
+def test_splitting_keeps_libpqs_reading(pairs: list[tuple[str, str]], own: str) -> None:
+    """Taking pgfast's options out of a key=value string changes nothing else libpq reads."""
+    from psycopg.conninfo import make_conninfo
+
+    written = [make_conninfo("", **{k: v}) if v else f"{k}=''" for k, v in pairs]
+    conninfo = " ".join([*written[:1], own, *written[1:]])
+    stripped, found = split_string_options(conninfo)
+    assert conninfo_to_dict(stripped) == conninfo_to_dict(" ".join(written))
+    assert bool(found) == bool(own)
