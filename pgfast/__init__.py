@@ -7,12 +7,23 @@ from ._bulk import bulk_condition
 from ._cluster_async import AsyncCluster
 from ._cluster_common import create_cluster, is_read_only
 from ._cluster_sync import Cluster
-from ._exceptions import ConfigurationError, Error, PoolClosedError, PoolTimeoutError
+from ._config import AsyncPoolOptions, PoolOptions
+from ._exceptions import (
+    CommitUnknownError,
+    ConfigurationError,
+    Error,
+    NoPrimaryError,
+    PoolClosedError,
+    PoolTimeoutError,
+    PostCommitError,
+    QueryTimeoutError,
+)
 from ._impl import IMPL as __impl__
 from ._pool import create_async_pool, create_pool
 from ._pool_async import AsyncConnection, AsyncConnectionPool, AsyncTransaction
 from ._pool_common import IsolationLevel, TransactionOptions
 from ._pool_sync import Connection, ConnectionPool, Transaction
+from ._split import split
 from ._sql import SQLQuery, is_sql_query, sql
 
 __version__ = "0.1.0"
@@ -21,15 +32,21 @@ __all__ = [
     "AsyncCluster",
     "AsyncConnection",
     "AsyncConnectionPool",
+    "AsyncPoolOptions",
     "AsyncTransaction",
     "Cluster",
+    "CommitUnknownError",
     "ConfigurationError",
     "Connection",
     "ConnectionPool",
     "Error",
     "IsolationLevel",
+    "NoPrimaryError",
     "PoolClosedError",
+    "PoolOptions",
     "PoolTimeoutError",
+    "PostCommitError",
+    "QueryTimeoutError",
     "SQLQuery",
     "Transaction",
     "TransactionOptions",
@@ -41,5 +58,6 @@ __all__ = [
     "errors",
     "is_read_only",
     "is_sql_query",
+    "split",
     "sql",
 ]

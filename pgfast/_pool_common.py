@@ -5,12 +5,15 @@ from __future__ import annotations
 import enum
 import logging
 import random
+import secrets
 import select
 import sys
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn, TypeAlias, TypedDict
 
 import psycopg
+from psycopg._preparing import Prepare, PrepareManager
+from psycopg._queries import PostgresQuery
 from psycopg.adapt import AdaptersMap
 from psycopg.types.json import JsonbDumper
 
@@ -40,6 +43,13 @@ ADAPTERS.register_dumper(dict, JsonbDumper)
 # younger ones only when input is waiting on their socket (see input_waiting).
 LIVENESS_CHECK_AFTER = 1.0
 RETRYABLE_TX = frozenset({"40001", "40P01"})
+# A prepared statement that the server connection does not have (26000), or
+# already has (42P05): behind a pooler, another server connection than the
+# one it was prepared on. The statement did not run.
+PREPARED_ELSEWHERE = (
+    psycopg.errors.InvalidSqlStatementName,
+    psycopg.errors.DuplicatePreparedStatement,
+)
 # The longest period between two sweeps of idle connections.
 MAX_SWEEP_PERIOD = 5.0
 
@@ -57,6 +67,57 @@ def input_waiting(fd: int) -> Callable[[], bool]:
         poller.register(fd, select.POLLIN)
         return lambda: bool(poller.poll(0))
     return lambda: bool(select.select([fd], [], [], 0)[0])  # Windows: no poll()
+
+
+# Login refusals that a later attempt may not meet: the server is starting or
+# stopping, or has no free connection slot. Any other refusal by the server
+# (password, database, role, pg_hba) would only repeat.
+_TRANSIENT_LOGIN_FAILURES = (
+    "starting up",
+    "shutting down",
+    "not yet accepting",
+    "recovery",
+    "too many",
+    "remaining connection slots",
+)
+
+
+def retry_connect(exc: BaseException) -> bool:
+    """Whether a failed connection attempt is worth another one.
+
+    libpq reports connection failures without an SQLSTATE: a failure the
+    server did not explain (refused, reset, timed out, unreachable) is the
+    network's, and worth retrying; a server's FATAL is retried only when it
+    says the refusal is temporary.
+    """
+    if not isinstance(exc, psycopg.OperationalError):
+        return False
+    message = str(exc)
+    if "FATAL:" not in message:
+        return True
+    return any(words in message for words in _TRANSIENT_LOGIN_FAILURES)
+
+
+class ClientPrepareManager(PrepareManager):
+    """psycopg's prepared statement cache, with statement names no other client uses.
+
+    psycopg names its statements ``_pg3_0``, ``_pg3_1``... in every process:
+    behind a pooler that shares server connections between clients (PgBouncer
+    in transaction mode), one client's ``_pg3_3`` is another's, and the wrong
+    statement runs. A random prefix per connection makes the names unique to
+    it; psycopg never reuses a name for another statement on a connection.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prefix = f"_pgf{secrets.token_hex(6)}"
+        self._prefix = self.prefix.encode()
+
+    def get(self, query: PostgresQuery, prepare: bool | None = None) -> tuple[Prepare, bytes]:
+        prep, name = super().get(query, prepare)
+        if prep is Prepare.SHOULD:
+            name = self._prefix + name
+        return prep, name
 
 
 def sweep_period(idle_timeout: float | None) -> float:

@@ -38,14 +38,28 @@ from psycopg import RawCursor, RawServerCursor, generators
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import tuple_row
 
+from . import _impl
 from ._bulk_sync import BulkMixin
 from ._config import PoolConfig
-from ._exceptions import Error, PoolClosedError, PoolTimeoutError
+from ._deadline import Deadline
+from ._deadline import arm as arm_deadline
+from ._deadline import disarm as disarm_deadline
+from ._exceptions import (
+    CommitUnknownError,
+    Error,
+    PoolClosedError,
+    PoolTimeoutError,
+    PostCommitError,
+    QueryTimeoutCommitUnknownError,
+    QueryTimeoutError,
+)
 from ._frame import Sent, rewrite_error
 from ._pool_common import (
     ADAPTERS,
     LIVENESS_CHECK_AFTER,
+    PREPARED_ELSEWHERE,
     RETRYABLE_TX,
+    ClientPrepareManager,
     Row,
     SQLQuery,
     TransactionOptions,
@@ -61,9 +75,11 @@ from ._pool_common import (
     logger,
     not_a_query,
     retry_attempts,
+    retry_connect,
     safe_call,
     sweep_period,
 )
+from ._split import has_several_statements, several_statements_error
 from ._sql import sql
 
 T = TypeVar("T")
@@ -74,6 +90,7 @@ TUPLES_OK = ExecStatus.TUPLES_OK
 INERROR = TransactionStatus.INERROR
 _pool_numbers = count(1)
 _cursor_numbers = count(1)
+is_read_only_text = _impl.classify.is_read_only
 
 
 class _PgConnection(psycopg.Connection[Any]):
@@ -90,16 +107,52 @@ class _PgConnection(psycopg.Connection[Any]):
     _pgfast_encoding: str = "utf-8"
     _pgfast_on_close: Callable[[], Any] | None = None
     _pgfast_input_waiting: Callable[[], bool]
+    _pgfast_statement_prefix: str = "_pgf"
+    # The deadline that sent a cancel request for this connection's statement
+    # (query_timeout, or an interrupted task): see AsyncConnectionPool._release.
+    _pgfast_cancel: Deadline | None = None
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> _PgConnection:
-        try:
-            conn = super().connect(conninfo, **kwargs)
-        except Exception as exc:
-            if cls._pgfast_pool is not None:
-                cls._pgfast_pool._connect_failed(exc)
-            raise
-        return conn
+        """Connect, retrying failed attempts with jittered backoff.
+
+        A refused or reset attempt fails no caller while a later one succeeds:
+        only when attempts keep failing for the pool's connect timeout (or the
+        server refuses the login itself) is the error passed on.
+        """
+        pool = cls._pgfast_pool
+        give_up = None if pool is None else monotonic() + pool._connect_timeout
+        for attempt in count(1):
+            try:
+                return super().connect(conninfo, **kwargs)
+            except Exception as exc:
+                if give_up is None or not retry_connect(exc) or monotonic() >= give_up:
+                    if pool is not None:
+                        pool._connect_failed(exc)
+                    raise
+                logger.debug("pgfast: connection attempt %d failed, retrying: %s", attempt, exc)
+            time.sleep(min(backoff(attempt), max(0.0, give_up - monotonic())))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def cancel(self) -> None:
+        """Ask the server to cancel the running statement, without blocking anything.
+
+        psycopg calls this when a statement is interrupted (a cancelled task,
+        Ctrl-C). The request goes out from another thread; when the statement
+        has not ended a second later, the link is cut (see ``_deadline``).
+        """
+        if not self.closed and self._pgfast_cancel is None:
+            self._pgfast_cancel = arm_deadline(self.pgconn, 0.0)
+
+    def cancel_safe(self, *, timeout: float = 30.0) -> None:
+        """``cancel()``: it never blocks, whatever ``timeout``."""
+        self.cancel()
+
+    def _pgfast_settle(self) -> None:
+        """The interrupted statement has ended: its cancel must not cut the link any more."""
+        pending = self._pgfast_cancel
+        if pending is not None:
+            disarm_deadline(pending)
 
     def close(self) -> None:
         hook, self._pgfast_on_close = self._pgfast_on_close, None
@@ -142,6 +195,30 @@ class _PsycopgPool(psycopg_pool.ConnectionPool[Any]):
             self._nconns_min = len(self._pool)
         for conn in closing:
             self._close_connection(conn)
+
+
+def _behind_pooler(conn: _PgConnection) -> bool:
+    """Whether a pooler or proxy stands between ``conn`` and its server process.
+
+    Such a middleman answers the login itself, with a backend process id of
+    its own making: the server's ``pg_backend_pid()`` is then another one.
+    """
+    cur = conn.execute("SELECT pg_backend_pid()", prepare=False)
+    row = cur.fetchone()
+    return row is None or row[0] != conn.pgconn.backend_pid
+
+
+def _delivered(cancel: Deadline) -> bool:
+    """Whether the cancel request reached the server, waiting a little for it.
+
+    The statement it was sent for has ended (usually with the server's
+    "canceling statement" error), so the request is at most moments away.
+    """
+    for _ in range(20):
+        if cancel.delivered:
+            return True
+        time.sleep(0.005)
+    return cancel.delivered
 
 
 def _fresh(exc: E) -> E:
@@ -222,6 +299,8 @@ class _Queryable(BulkMixin):
         # run, even committed. A pool hands out no connection known to be
         # dead (see AsyncConnectionPool._acquire), so no retry is needed.
         text, params = q.format()
+        if params and has_several_statements(text):
+            raise several_statements_error()
         if self._sent is not None:
             self._sent.add(params)
         conn = self._acquire()
@@ -329,11 +408,18 @@ class _Queryable(BulkMixin):
                 try:
                     pool._declare(cur, q, text, params)
                     names = _names(cur.pgresult, conn) if pool._row_dicts else None
-                    while True:
-                        batch = cur.fetchmany(batch_size)
-                        if not batch:
-                            break
-                        yield from batch if names is None else _dicts(names, batch)
+                    try:
+                        while True:
+                            batch = cur.fetchmany(batch_size)
+                            if not batch:
+                                break
+                            yield from batch if names is None else _dicts(names, batch)
+                    except BaseException as exc:
+                        if pool._on_query_error is not None:
+                            safe_call(pool._on_query_error, "on_query_error", q, text, params, exc)
+                        raise
+                    if pool._on_query_results is not None:
+                        safe_call(pool._on_query_results, "on_query_results", q, text, params, [])
                 finally:
                     cur.close()
             except BaseException:
@@ -360,6 +446,9 @@ class ConnectionPool(_Queryable):
         self._on_error = opts.on_error
         self._max_uses = opts.max_uses
         self._queue_timeout = float(opts.queue_timeout)
+        self._query_timeout = None if opts.query_timeout is None else float(opts.query_timeout)
+        # None once a pooler is found between pgfast and the server.
+        self._prepare_threshold: int | None = opts.prepare_threshold
         self._queries = 0
         self._waiting = 0
         self._in_use = 0
@@ -378,7 +467,7 @@ class ConnectionPool(_Queryable):
 
         # The last failed connection attempt, while no attempt has succeeded since.
         self._connect_error: Exception | None = None
-        self._connect_timeout = max(1.0, float(opts.connect_timeout))  # libpq's minimum
+        self._connect_timeout = config.connect_timeout  # what libpq really waits per attempt
         idle_timeout = None if opts.idle_timeout is None else float(opts.idle_timeout)
         connection_class = type("_PgConnection", (_PgConnection,), {"_pgfast_pool": self})
         self._pool = _PsycopgPool(
@@ -423,8 +512,6 @@ class ConnectionPool(_Queryable):
         and busy, the waiters keep waiting for them.
         """
         self._report(exc)
-        if not isinstance(exc, psycopg.Error):
-            return
         self._connect_error = exc
         if self._live_connections():
             return
@@ -441,11 +528,29 @@ class ConnectionPool(_Queryable):
         return self._in_use + len(self._hot) + available
 
     def _configure(self, conn: _PgConnection) -> None:
+        opts = self._config.options
+        statements = conn._prepared = ClientPrepareManager()
+        conn._pgfast_statement_prefix = statements.prefix
+        conn.prepare_threshold = self._prepare_threshold
+        try:
+            if self._prepare_threshold is not None and _behind_pooler(conn):
+                self._pooler_found(conn, "its backend process id is not the one it was told")
+            if opts.configure is not None:
+                _call(opts.configure, conn)
+                # It runs in autocommit mode; whatever it left open is committed.
+                if conn.pgconn.transaction_status != IDLE:
+                    conn.execute("COMMIT")
+                if not conn.autocommit:
+                    conn.set_autocommit(True)
+        except Exception as exc:
+            # psycopg_pool discards the connection; the waiters get the error
+            # when no other connection can serve them, as for a failed connect.
+            self._connect_failed(exc)
+            raise
         self._connect_error = None
         conn._pgfast_idle_since = monotonic()
         conn._pgfast_encoding = conn.info.encoding
         conn._pgfast_input_waiting = input_waiting(conn.pgconn.socket)
-        opts = self._config.options
         conn._pgfast_on_close = opts.on_connection_closed
         if opts.on_connection_opened is not None:
             safe_call(opts.on_connection_opened, "on_connection_opened")
@@ -466,6 +571,22 @@ class ConnectionPool(_Queryable):
             # it here so that on_connection_closed fires.
             conn.close()
             raise
+
+    def _pooler_found(self, conn: _PgConnection, evidence: str) -> None:
+        """A pooler shares server connections between clients: stop preparing statements.
+
+        A statement prepared on one server connection is unknown to the next
+        one the pooler picks; inside a transaction that error would abort it.
+        """
+        conn.prepare_threshold = None
+        if self._prepare_threshold is not None:
+            self._prepare_threshold = None
+            logger.info(
+                "pgfast: pool %r: a connection pooler or proxy is between pgfast and the "
+                "server (%s); server-side prepared statements are off for this pool",
+                self._config.display,
+                evidence,
+            )
 
     def _reconnect_failed(self, pool: Any) -> None:
         self._report(Error(f"pool {self._config.display!r} could not reconnect to the server"))
@@ -566,6 +687,14 @@ class ConnectionPool(_Queryable):
         now = monotonic()
         conn._pgfast_idle_since = now
         keep = False
+        pending = conn._pgfast_cancel
+        if pending is not None:
+            conn._pgfast_settle()
+            conn._pgfast_cancel = None
+            if not conn.closed and not _delivered(pending):
+                # The cancel request may still reach the server and stop
+                # whatever runs next here: this connection is done.
+                conn.close()
         if conn.closed:
             # Broken: psycopg_pool drops it without closing it; closing it
             # here fires on_connection_closed.
@@ -614,14 +743,35 @@ class ConnectionPool(_Queryable):
     ) -> None:
         """Redact ``exc`` of ``params`` (of everything ``sent`` in its transaction,
         when given) and tell the error hook."""
+        self._redact(exc, text, params, sent)
+        if self._on_query_error is not None:
+            safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
+
+    def _redact(self, exc: psycopg.Error, text: str, params: list[Any], sent: Sent | None) -> None:
         if sent is None:
             rewrite_error(exc, text, params, self._config.secrets)
         else:
             known = sent.params
             redacted = params if known is None else known
             rewrite_error(exc, text, redacted, self._config.secrets, known is None)
+
+    def _statement_failed(
+        self,
+        exc: psycopg.Error,
+        conn: _PgConnection,
+        deadline: Deadline | None,
+        may_commit: bool,
+        q: Any,
+        text: str,
+        params: list[Any],
+        sent: Sent | None,
+    ) -> BaseException:
+        """Redact ``exc``, tell the error hook, and return the error the caller gets."""
+        self._redact(exc, text, params, sent)
+        outcome = self._outcome(exc, conn, deadline, may_commit)
         if self._on_query_error is not None:
-            safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
+            safe_call(self._on_query_error, "on_query_error", q, text, params, outcome)
+        return outcome
 
     def _control(self, conn: _PgConnection, statement: str, sent: Sent | None = None) -> None:
         """Run BEGIN, COMMIT, SAVEPOINT, ...: its error is redacted of ``sent``.
@@ -633,6 +783,10 @@ class ConnectionPool(_Queryable):
         others are sent as plain simple queries, without a cursor or psycopg's
         prepare bookkeeping: about 18 µs less per statement, two per ``tx()``.
         """
+        if conn._pgfast_cancel is not None:
+            conn._pgfast_settle()  # the interrupted statement has ended
+        timeout = self._query_timeout
+        deadline = None if timeout is None else arm_deadline(conn.pgconn, timeout)
         try:
             if statement.startswith("ROLLBACK"):
                 conn.execute(statement)
@@ -643,8 +797,15 @@ class ConnectionPool(_Queryable):
                         encoding = conn.info.encoding
                         raise psycopg.errors.error_from_result(result, encoding=encoding)
         except psycopg.Error as exc:
-            self._failed(exc, sql.unsafe(statement), statement, [], sent)
-            raise
+            q = sql.unsafe(statement)
+            commit = statement == "COMMIT"
+            outcome = self._statement_failed(exc, conn, deadline, commit, q, statement, [], sent)
+            if outcome is exc:
+                raise
+            raise outcome from exc
+        finally:
+            if deadline is not None:
+                self._end_deadline(conn, deadline)
 
     def _execute(
         self,
@@ -661,9 +822,20 @@ class ConnectionPool(_Queryable):
         if self._on_query_start is not None:
             safe_call(self._on_query_start, "on_query_start", q, text, params)
         cur = RawCursor(conn, row_factory=tuple_row)
+        timeout = self._query_timeout
+        deadline = None if timeout is None else arm_deadline(conn.pgconn, timeout)
+        idle = conn.pgconn.transaction_status == IDLE
         try:
             if params:
-                cur.execute(text, params)
+                try:
+                    cur.execute(text, params)
+                except PREPARED_ELSEWHERE as exc:
+                    # Not run: its prepared statement is unknown (or already
+                    # known) to the server connection a pooler picked.
+                    if not (idle and conn._pgfast_statement_prefix in str(exc)):
+                        raise
+                    self._pooler_found(conn, f"the server answered {exc.sqlstate}")
+                    cur.execute(text, params, prepare=False)
             else:
                 # The simple protocol, which allows several statements: the
                 # last one gives the result.
@@ -671,10 +843,11 @@ class ConnectionPool(_Queryable):
                 while cur.nextset():
                     pass
             result = cur.pgresult
+            rows: list[Any] = []
             if not fetch:
-                return max(cur.rowcount, 0)
-            if result is None or result.status != TUPLES_OK:
-                rows: list[Any] = []
+                count = max(cur.rowcount, 0)
+            elif result is None or result.status != TUPLES_OK:
+                pass
             else:
                 rows = cur.fetchall()
                 if self._row_dicts if dicts is None else dicts:
@@ -682,11 +855,59 @@ class ConnectionPool(_Queryable):
                     rows = _dicts(names, rows)
         except psycopg.Error as exc:
             # A statement may echo values sent earlier in its transaction.
-            self._failed(exc, q, text, params, sent)
+            writes = idle and not is_read_only_text(text)
+            outcome = self._statement_failed(exc, conn, deadline, writes, q, text, params, sent)
+            if outcome is exc:
+                raise
+            raise outcome from exc
+        except BaseException as exc:  # cancelled, interrupted: the statement ended too
+            if self._on_query_error is not None:
+                safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
             raise
+        finally:
+            if deadline is not None:
+                self._end_deadline(conn, deadline)
         if self._on_query_results is not None:
             safe_call(self._on_query_results, "on_query_results", q, text, params, rows)
-        return rows
+        return rows if fetch else count
+
+    def _outcome(
+        self, exc: psycopg.Error, conn: _PgConnection, deadline: Deadline | None, may_commit: bool
+    ) -> BaseException:
+        """The error the caller gets for ``exc``: itself, or what it means.
+
+        ``may_commit``: the statement commits work if it completes (a COMMIT,
+        or a write outside a transaction), so losing the link after sending
+        it leaves the caller not knowing whether it did.
+        """
+        unknown = may_commit and exc.sqlstate is None and conn.broken
+        if deadline is not None and deadline.fired:
+            timeout = self._query_timeout
+            if deadline.severed:
+                what = (
+                    f"did not answer within {timeout:g} s (query_timeout), nor confirm the "
+                    "cancel within one more second: the connection was closed"
+                )
+                if unknown:
+                    return QueryTimeoutCommitUnknownError(
+                        f"the statement {what}; it may or may not have committed"
+                    )
+                return QueryTimeoutError(f"the statement {what}")
+            return QueryTimeoutError(
+                f"the statement did not answer within {timeout:g} s (query_timeout) "
+                "and was cancelled"
+            )
+        if unknown:
+            return CommitUnknownError(
+                "the connection was lost after the statement was sent and before its "
+                f"answer: it may or may not have committed ({str(exc).strip()})"
+            )
+        return exc
+
+    def _end_deadline(self, conn: _PgConnection, deadline: Deadline) -> None:
+        disarm_deadline(deadline)
+        if deadline.fired:
+            conn._pgfast_cancel = deadline  # see _release
 
     def _execute_many(
         self,
@@ -696,6 +917,7 @@ class ConnectionPool(_Queryable):
     ) -> list[list[Row]]:
         self._queries += len(queries)
         cursors: list[RawCursor[Any]] = []
+        started = 0
         try:
             # One round trip: psycopg's pipeline mode, inside one transaction
             # (a savepoint when the connection is already in one).
@@ -703,6 +925,7 @@ class ConnectionPool(_Queryable):
                 for q, (text, params) in zip(queries, formatted, strict=True):
                     if self._on_query_start is not None:
                         safe_call(self._on_query_start, "on_query_start", q, text, params)
+                    started += 1
                     cur = RawCursor(conn, row_factory=tuple_row)
                     cur.execute(text, params)
                     cursors.append(cur)
@@ -718,6 +941,13 @@ class ConnectionPool(_Queryable):
             else:
                 text, params = formatted[failed or 0]
                 self._failed(exc, queries[failed or 0], text, params)
+            # The batch rolled back: every other started statement ends with it.
+            if self._on_query_error is not None:
+                for i in range(started):
+                    if i != failed:
+                        text, params = formatted[i]
+                        hook = self._on_query_error
+                        safe_call(hook, "on_query_error", queries[i], text, params, exc)
             raise
         results = []
         for cur in cursors:
@@ -842,9 +1072,14 @@ class ConnectionPool(_Queryable):
 
 def _run_tx(block: _TransactionBlock, fn: Callable[[Transaction], T], attempts: int) -> T:
     for attempt in range(1, attempts + 1):
+        result: Any = None
         try:
             with block as tx:
-                return _settle(fn(tx), "tx")
+                result = _settle(fn(tx), "tx")
+            return result  # type: ignore[no-any-return]
+        except PostCommitError as exc:
+            exc.result = result
+            raise
         except psycopg.Error as exc:
             if attempt == attempts or exc.sqlstate not in RETRYABLE_TX:
                 raise
@@ -878,16 +1113,28 @@ class Connection(_Queryable):
         pass
 
     def _run_post_commit(self, pending: BaseException | None = None) -> None:
-        """Run the steps; with an error ``pending``, a failing step is logged, not raised."""
+        """Run every step, even after one fails.
+
+        Failing steps raise one ``PostCommitError`` once all have run; with an
+        error ``pending`` (the block's own), they are logged instead.
+        """
         steps, self._post_commit = self._post_commit, []
+        errors: list[BaseException] = []
         for step in steps:
-            if pending is None:
-                _call(step)
-                continue
             try:
                 _call(step)
-            except Exception:
-                logger.exception("pgfast: a post-commit step failed (after %r)", pending)
+            except Exception as exc:
+                if pending is None:
+                    errors.append(exc)
+                else:
+                    logger.exception("pgfast: a post-commit step failed (after %r)", pending)
+        if errors:
+            raise PostCommitError(
+                f"the transaction committed, then {len(errors)} of its {len(steps)} "
+                f"post-commit step(s) raised; the first: {type(errors[0]).__name__}: {errors[0]}",
+                None,
+                errors,
+            ) from errors[0]
 
     def _block(self, begin: str | None) -> _TransactionBlock:
         return _TransactionBlock(self._pool_ref, self, begin)
@@ -945,13 +1192,18 @@ class Transaction(Connection):
             raise TypeError(f"a post-commit step must be callable, not {type(fn).__name__}")
         self._post_commit.append(fn)
 
-    def advisory_lock(self, key: int | tuple[int, int]) -> None:
-        """Wait for the transaction-scoped advisory lock ``key`` (an int or two ints)."""
-        self.query(advisory_lock_query("pg_advisory_xact_lock", key))
+    def advisory_lock(self, key: int | tuple[int, int], *, shared: bool = False) -> None:
+        """Wait for the transaction-scoped advisory lock ``key`` (an int or two ints).
 
-    def try_advisory_lock(self, key: int | tuple[int, int]) -> bool:
+        ``shared=True`` takes the shared lock, which other shared holders do not block.
+        """
+        function = "pg_advisory_xact_lock_shared" if shared else "pg_advisory_xact_lock"
+        self.query(advisory_lock_query(function, key))
+
+    def try_advisory_lock(self, key: int | tuple[int, int], *, shared: bool = False) -> bool:
         """Take the transaction-scoped advisory lock ``key`` if it is free; say if it was."""
-        return bool(self.query_value(advisory_lock_query("pg_try_advisory_xact_lock", key)))
+        function = "pg_try_advisory_xact_lock_shared" if shared else "pg_try_advisory_xact_lock"
+        return bool(self.query_value(advisory_lock_query(function, key)))
 
 
 class _TransactionBlock:
@@ -1029,6 +1281,11 @@ class _TransactionBlock:
                 parent._post_commit.extend(tx._post_commit)
 
     def _commit(self, conn: _PgConnection, tx: Transaction) -> None:
+        if conn.broken or conn.closed:
+            raise Error(
+                f"the {'savepoint' if tx._savepoint else 'transaction'} did not commit: its "
+                "connection was lost during the block (catching that error does not undo it)"
+            )
         if conn.pgconn.transaction_status == INERROR:
             # COMMIT would silently roll back: say so instead.
             self._rollback(conn, tx)

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgfast._exceptions import Error, PoolClosedError, PoolTimeoutError
+from pgfast._exceptions import Error, PoolClosedError, PoolTimeoutError, PostCommitError
 from pgfast._frame import Sent
 from pgfast._pool import create_async_pool
 from pgfast._pool_async import AsyncConnectionPool, AsyncTransaction
@@ -482,6 +482,42 @@ async def test_post_commit_steps(db: AsyncConnectionPool, table: Any) -> None:
     assert "never" not in seen
 
 
+async def test_a_failing_post_commit_step_says_the_transaction_committed(
+    db: AsyncConnectionPool, table: Any
+) -> None:
+    ran: list[str] = []
+
+    def failing(name: str) -> Any:
+        def step() -> None:
+            ran.append(name)
+            raise KeyError(name)
+
+        return step
+
+    async def work(tx: AsyncTransaction) -> str:
+        await tx.execute(sql("INSERT INTO {} VALUES (1, 'a')", table))
+        tx.add_post_commit_step(failing("first"))
+        tx.add_post_commit_step(lambda: ran.append("second"))
+        tx.add_post_commit_step(failing("third"))
+        return "the result"
+
+    with pytest.raises(PostCommitError, match="committed") as info:
+        await db.tx(work)
+    assert info.value.result == "the result"
+    assert [str(e) for e in info.value.errors] == ["'first'", "'third'"]
+    assert info.value.__cause__ is info.value.errors[0]
+    assert ran == ["first", "second", "third"]
+    assert await db.query_value(sql("SELECT count(*) FROM {}", table)) == 1
+    assert db.stats()["in_use"] == 0
+
+    with pytest.raises(PostCommitError) as info:
+        async with db.transaction() as tx:
+            await tx.execute(sql("INSERT INTO {} VALUES (2, 'b')", table))
+            tx.add_post_commit_step(failing("block"))
+    assert info.value.result is None
+    assert await db.query_value(sql("SELECT count(*) FROM {}", table)) == 2
+
+
 async def test_advisory_locks(db: AsyncConnectionPool) -> None:
     async with db.transaction() as tx:
         await tx.advisory_lock(4242)
@@ -494,6 +530,20 @@ async def test_advisory_locks(db: AsyncConnectionPool) -> None:
             await tx.advisory_lock("name")  # type: ignore[arg-type]
     async with db.transaction() as tx:  # released at commit
         assert await tx.try_advisory_lock(4242) is True
+
+
+async def test_shared_advisory_locks(db: AsyncConnectionPool) -> None:
+    async with db.transaction() as tx:
+        await tx.advisory_lock(77, shared=True)
+        async with db.transaction() as other:
+            assert await other.try_advisory_lock(77, shared=True) is True
+            assert await other.try_advisory_lock(77) is False
+        assert await tx.try_advisory_lock((7, 7), shared=True) is True
+        async with db.transaction() as other:
+            assert await other.try_advisory_lock((7, 7)) is False
+            assert await other.try_advisory_lock((7, 7), shared=True) is True
+    async with db.transaction() as tx:
+        assert await tx.try_advisory_lock(77) is True
 
 
 async def test_task_and_connection_use_one_connection(db: AsyncConnectionPool) -> None:

@@ -268,8 +268,10 @@ def test_server_death_fails_reads_promptly_then_recovers(with_replica: LocalClus
         return await db.query_value(sql("SELECT 1"))
 
     loop = asyncio.new_event_loop()
-    with create_pool(url) as sync_db:  # default queue_timeout: 60 s
-        async_db = create_async_pool(url)
+    # Default queue_timeout (60 s): failed connection attempts are retried for
+    # connect_timeout, then reach the callers.
+    with create_pool(url, connect_timeout=2) as sync_db:
+        async_db = create_async_pool(url, connect_timeout=2)
         assert sync_db.query_value(sql("SELECT 1")) == loop.run_until_complete(async_read(async_db))
         with_replica.stop_replica(0)
         for read in (
@@ -301,7 +303,8 @@ def test_server_death_fails_reads_promptly_then_recovers(with_replica: LocalClus
 def test_many_waiting_threads_get_the_connection_error(pg_url: str) -> None:
     attempts: list[BaseException] = []
     errors: list[BaseException] = []
-    with create_pool(_bad_port(pg_url), pool_size=10, on_error=attempts.append) as db:
+    url = _bad_port(pg_url)
+    with create_pool(url, pool_size=10, connect_timeout=2, on_error=attempts.append) as db:
 
         def worker() -> None:
             try:
@@ -315,7 +318,7 @@ def test_many_waiting_threads_get_the_connection_error(pg_url: str) -> None:
             t.start()
         for t in threads:
             t.join()
-        assert time.monotonic() - started < 5
+        assert 1.5 < time.monotonic() - started < 5  # retried for connect_timeout, no longer
         assert db.stats()["waiting"] == 0
     assert len(errors) == 20
     assert all(isinstance(e, psycopg.OperationalError) for e in errors)
@@ -325,12 +328,13 @@ def test_many_waiting_threads_get_the_connection_error(pg_url: str) -> None:
 
 async def test_many_waiting_tasks_get_the_connection_error(pg_url: str) -> None:
     attempts: list[BaseException] = []
-    async with create_async_pool(_bad_port(pg_url), on_error=attempts.append) as db:
+    url = _bad_port(pg_url)
+    async with create_async_pool(url, connect_timeout=2, on_error=attempts.append) as db:
         started = time.monotonic()
         results = await asyncio.gather(
             *(db.query(sql("SELECT 1")) for _ in range(20)), return_exceptions=True
         )
-        assert time.monotonic() - started < 5
+        assert 1.5 < time.monotonic() - started < 5  # retried for connect_timeout, no longer
         assert db.stats()["waiting"] == 0
     assert all(isinstance(r, psycopg.OperationalError) for r in results)
     assert 1 <= len(attempts) <= 5

@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgfast._exceptions import Error, PoolClosedError, PoolTimeoutError
+from pgfast._exceptions import Error, PoolClosedError, PoolTimeoutError, PostCommitError
 from pgfast._frame import Sent
 from pgfast._pool import create_pool
 from pgfast._pool_common import IsolationLevel
@@ -445,6 +445,41 @@ def test_post_commit_steps(db: ConnectionPool, table: Any) -> None:
     assert "never" not in seen
 
 
+def test_a_failing_post_commit_step_says_the_transaction_committed(
+    db: ConnectionPool, table: Any
+) -> None:
+    ran: list[str] = []
+
+    def failing(name: str) -> Any:
+        def step() -> None:
+            ran.append(name)
+            raise KeyError(name)
+
+        return step
+
+    def work(tx: Transaction) -> str:
+        tx.execute(sql("INSERT INTO {} VALUES (1, 'a')", table))
+        tx.add_post_commit_step(failing("first"))
+        tx.add_post_commit_step(lambda: ran.append("second"))
+        tx.add_post_commit_step(failing("third"))
+        return "the result"
+
+    with pytest.raises(PostCommitError, match="committed") as info:
+        db.tx(work)
+    assert info.value.result == "the result"
+    assert [str(e) for e in info.value.errors] == ["'first'", "'third'"]
+    assert info.value.__cause__ is info.value.errors[0]
+    assert ran == ["first", "second", "third"]
+    assert db.query_value(sql("SELECT count(*) FROM {}", table)) == 1
+    assert db.stats()["in_use"] == 0
+
+    with pytest.raises(PostCommitError) as info, db.transaction() as tx:
+        tx.execute(sql("INSERT INTO {} VALUES (2, 'b')", table))
+        tx.add_post_commit_step(failing("block"))
+    assert info.value.result is None
+    assert db.query_value(sql("SELECT count(*) FROM {}", table)) == 2
+
+
 def test_advisory_locks(db: ConnectionPool) -> None:
     with db.transaction() as tx:
         tx.advisory_lock(4242)
@@ -457,6 +492,20 @@ def test_advisory_locks(db: ConnectionPool) -> None:
             tx.advisory_lock("name")  # type: ignore[arg-type]
     with db.transaction() as tx:  # released at commit
         assert tx.try_advisory_lock(4242) is True
+
+
+def test_shared_advisory_locks(db: ConnectionPool) -> None:
+    with db.transaction() as tx:
+        tx.advisory_lock(77, shared=True)
+        with db.transaction() as other:
+            assert other.try_advisory_lock(77, shared=True) is True
+            assert other.try_advisory_lock(77) is False
+        assert tx.try_advisory_lock((7, 7), shared=True) is True
+        with db.transaction() as other:
+            assert other.try_advisory_lock((7, 7)) is False
+            assert other.try_advisory_lock((7, 7), shared=True) is True
+    with db.transaction() as tx:
+        assert tx.try_advisory_lock(77) is True
 
 
 def test_task_and_connection_use_one_connection(db: ConnectionPool) -> None:
