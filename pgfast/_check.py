@@ -1,7 +1,10 @@
 """``pgfast check [URL...]``: version, role and replication lag of each server.
 
 URLs default to ``$DATABASE_URL`` and the comma-separated
-``$DATABASE_REPLICA_URLS``. Passwords are never printed.
+``$DATABASE_REPLICA_URLS``. Passwords are never printed. Roles are what each
+server says it is, whatever the order of the URLs, and as a cluster would use
+it: of several servers accepting writes (after a promotion, before the old
+primary was stopped) only the one on the highest timeline is the primary.
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TextIO
 
 import psycopg
@@ -18,6 +21,14 @@ from ._config import resolve_config
 from ._exceptions import ConfigurationError
 
 HELP = "show the version, role and replication lag of each server"
+# A server out of recovery: its WAL position, its standbys, whether it refuses
+# writes (default_transaction_read_only) and the timeline it writes on (from
+# its current WAL file's name: exact even right after a promotion).
+PRIMARY_SQL = """\
+SELECT pg_current_wal_lsn()::text,
+       (SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'),
+       current_setting('transaction_read_only') = 'on',
+       ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int"""
 CHECK_TIMEOUT = 5
 # A standby on its own: replay position, WAL receiver status, and lag in seconds.
 # Without the primary's position, "replayed all it received" counts as caught up
@@ -44,14 +55,32 @@ class NodeReport:
     replay_lsn: str | None = None  # standby: WAL replayed; primary: WAL written
     receiver: str | None = None  # standby: WAL receiver status, None when it has none
     streaming_replicas: int | None = None  # primary: standbys connected to it
+    timeline: int | None = None  # primary: the timeline it writes on
+    read_only: bool = False  # primary: refuses writes (default_transaction_read_only)
+    superseded: bool = False  # primary: another one is on a higher timeline
     error: str | None = None
+
+    @property
+    def writable(self) -> bool:
+        return self.error is None and self.role == "primary" and not self.read_only
 
     def line(self) -> str:
         if self.error is not None:
             return f"{self.display}: DOWN ({self.error})"
         text = f"{self.display}: PostgreSQL {self.version}, {self.role}"
         if self.role == "primary":
-            return f"{text}, WAL at {self.replay_lsn}, {self.streaming_replicas} streaming replicas"
+            text += (
+                f", WAL at {self.replay_lsn} (timeline {self.timeline}), "
+                f"{self.streaming_replicas} streaming replicas"
+            )
+            if self.read_only:
+                text += "; READ-ONLY (default_transaction_read_only): no writes"
+            elif self.superseded:
+                text += (
+                    "; SUPERSEDED: another primary is on a higher timeline "
+                    "(a cluster sends this one nothing)"
+                )
+            return text
         lag = "unknown" if self.lag is None else f"{self.lag:.3f} s"
         receiver = self.receiver or "none"
         return f"{text}, replayed {self.replay_lsn}, WAL receiver {receiver}, lag {lag}"
@@ -83,10 +112,7 @@ def check_node(url: str) -> NodeReport:
                     replay_lsn=status[0],
                     receiver=status[1],
                 )
-            primary = conn.execute(
-                "SELECT pg_current_wal_lsn()::text, "
-                "(SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming')"
-            ).fetchone()
+            primary = conn.execute(PRIMARY_SQL).fetchone()
             assert primary is not None
             return NodeReport(
                 config.display,
@@ -94,17 +120,34 @@ def check_node(url: str) -> NodeReport:
                 "primary",
                 replay_lsn=primary[0],
                 streaming_replicas=primary[1],
+                read_only=primary[2],
+                timeline=primary[3],
             )
     except psycopg.Error as exc:
         return NodeReport(config.display, error=" ".join(config.redact(str(exc)).split()))
 
 
+def elect(reports: list[NodeReport]) -> list[NodeReport]:
+    """``reports`` with every writable primary but the one a cluster would use
+    (the highest timeline, then the first given) marked ``superseded``."""
+    writable = [i for i, r in enumerate(reports) if r.writable]
+    if len(writable) < 2:
+        return reports
+    chosen = max(writable, key=lambda i: (reports[i].timeline or 0, -i))
+    return [
+        replace(r, superseded=True) if i in writable and i != chosen else r
+        for i, r in enumerate(reports)
+    ]
+
+
 def check(urls: list[str], out: TextIO | None = None) -> int:
-    """Print one line per server (to stdout by default); the exit code is 1 when any is down."""
-    reports = [check_node(url) for url in urls]
+    """Print one line per server (to stdout by default); the exit code is 1 when any is
+    down or more than one accepts writes."""
+    reports = elect([check_node(url) for url in urls])
     for report in reports:
         print(report.line(), file=out or sys.stdout)
-    return 1 if any(r.error is not None for r in reports) else 0
+    trouble = any(r.error is not None or r.superseded for r in reports)
+    return 1 if trouble else 0
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:

@@ -1,9 +1,14 @@
 """Pieces shared by ``AsyncCluster`` and its generated sync twin ``Cluster``.
 
-Routing state and decisions (which replicas may serve a read, what an error
-means for a node), WAL positions (LSNs) and write tokens, the replica status
-query, the background health runners, the public ``is_read_only`` and
-``create_cluster``.
+Routing state and decisions (which node is the primary, which nodes may serve
+a read, what an error means for a node), WAL positions (LSNs) and write
+tokens, the health probe query, the background health runners, the public
+``is_read_only`` and ``create_cluster``.
+
+Nodes are numbered in the order given to ``create_cluster``: node 0 is the
+pool given as the primary, node ``i + 1`` the replica given at index ``i``.
+Roles are what the health probes found, not that order: a promoted replica
+becomes the primary, a demoted primary serves reads.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, overload
 
 import psycopg
-from psycopg.pq import ExecStatus
+from psycopg.pq import DiagnosticField, ExecStatus
 from psycopg.pq.abc import PGresult
 
 from . import _impl
-from ._exceptions import Error, PoolClosedError, PoolTimeoutError
+from ._exceptions import Error, PoolClosedError, PoolTimeoutError, QueryTimeoutError
 from ._pool_common import SQLQuery, logger, not_a_query
+from ._sever import sever
 
 if TYPE_CHECKING:
     from ._cluster_async import AsyncCluster
@@ -39,16 +45,31 @@ __all__ = ["create_cluster", "is_read_only"]
 # below the end of the write's commit record, even with synchronous_commit=off.
 WRITE_LSN_SQL = "SELECT pg_current_wal_insert_lsn()::text"
 REPLAY_LSN_SQL = "SELECT pg_last_wal_replay_lsn()::text"
-# Health probes. Each is one round trip, answered as text, within probe_timeout():
-# the primary's WAL position, then each replica's state: in recovery, replay
-# position, age of its last replayed commit, WAL receiver status (NULL: no
-# receiver; 'unknown': not visible to this role).
-PRIMARY_LSN_SQL = b"SELECT pg_current_wal_lsn()::text"
+# The health probe, the same one round trip for every node, answered as text
+# within probe_timeout(): in recovery; transaction_read_only (on for a standby,
+# and for a primary fenced with default_transaction_read_only); its WAL
+# position (replayed on a standby, written on a primary); the age of its last
+# replayed commit; its WAL receiver's status (NULL: none; 'unknown': not
+# visible to this role); and, when not in recovery, the timeline it writes on
+# (the first 8 hex digits of its current WAL file name: exact, unlike the last
+# checkpoint's timeline, which a freshly promoted server has not updated yet).
 STATUS_SQL = b"""\
 SELECT pg_is_in_recovery()::text,
-       pg_last_wal_replay_lsn()::text,
+       current_setting('transaction_read_only'),
+       (CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn()
+             ELSE pg_current_wal_lsn() END)::text,
        EXTRACT(EPOCH FROM clock_timestamp() - pg_last_xact_replay_timestamp())::float8::text,
-       (SELECT coalesce(status, 'unknown') FROM pg_stat_wal_receiver)"""
+       (SELECT coalesce(status, 'unknown') FROM pg_stat_wal_receiver),
+       CASE WHEN NOT pg_is_in_recovery()
+            THEN substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8) END"""
+# For a server that refuses STATUS_SQL (a managed service without one of its
+# functions): its role only. Standbys' lag is then unknown.
+ROLE_SQL = b"""\
+SELECT pg_is_in_recovery()::text, current_setting('transaction_read_only'),
+       NULL, NULL, NULL, NULL"""
+
+# While a write waits for a primary, health rounds run at least this often.
+HURRIED_INTERVAL = 0.1
 
 
 def probe_timeout(health_check_interval: float) -> float:
@@ -56,9 +77,19 @@ def probe_timeout(health_check_interval: float) -> float:
     return min(max(2 * health_check_interval, 1.0), 5.0)
 
 
+class ProbeRefused(psycopg.OperationalError):
+    """The server answered the probe with an error of the query's own: it is up."""
+
+
 def probe_row(results: Sequence[PGresult]) -> list[str | None]:
-    """The first row of a probe's results as text; an error result raises."""
+    """The first row of a probe's results as text; an error result raises
+    (``ProbeRefused`` when the server is up but refused the query itself)."""
     res = results[-1] if results else None
+    if res is not None and res.status == ExecStatus.FATAL_ERROR:
+        sqlstate = (res.error_field(DiagnosticField.SQLSTATE) or b"").decode()
+        if sqlstate and not sqlstate.startswith(("08", "57")):
+            refusal = res.error_message.decode(errors="replace").strip()
+            raise ProbeRefused(f"{refusal} (SQLSTATE {sqlstate})")
     if res is None or res.status != ExecStatus.TUPLES_OK or res.ntuples < 1:
         message = b"no result" if res is None else res.error_message or b"no row"
         raise psycopg.OperationalError(message.decode(errors="replace").strip())
@@ -74,6 +105,8 @@ def probe_row(results: Sequence[PGresult]) -> list[str | None]:
 # 40001, 40P01, and 55P03 when lock_timeout expired behind replay's locks).
 # The replica wrote nothing, so the primary runs the statement again.
 RERUN_ON_PRIMARY = frozenset({"25006", "0A000", "40001", "40P01", "55P03"})
+# A write refused by a read-only server: nothing was written.
+READ_ONLY_SQL_TRANSACTION = "25006"
 
 # The read-your-writes position of each cluster in the current context (thread
 # or task). One variable for all clusters, holding a mapping weakly keyed by
@@ -112,26 +145,32 @@ def is_read_only(q: SQLQuery) -> bool:
 
 
 class Failure(enum.Enum):
-    """What an error raised by a replica means for routing."""
+    """What an error raised by a node means for routing."""
 
-    NODE_DOWN = "node down"  # take the replica out, run the read elsewhere
+    NODE_DOWN = "node down"  # take the node out, run the read elsewhere
     RERUN_ON_PRIMARY = "rerun on primary"  # the replica refused, the primary must run it
     QUERY_ERROR = "query error"  # the query's own fault: raise it
 
 
 def classify_failure(exc: BaseException) -> Failure:
-    """Whether ``exc`` from a replica is the node's fault, a refused write, or the query's.
+    """Whether ``exc`` from a node is the node's fault, a refused write, or the query's.
 
     The node is down only when it cannot be reached or used: no pool
     connection, a lost connection (psycopg reports no SQLSTATE), a
-    connection exception (class 08) or a server shutting down or refusing
-    connections (57P01 to 57P05). Other server errors are the query's own,
-    although psycopg makes classes 53 to 58 ``OperationalError`` (out of
-    memory, a program limit, a statement timeout...); ``RERUN_ON_PRIMARY``
-    ones send the statement to the primary.
+    connection exception (class 08), a server shutting down or refusing
+    connections (57P01 to 57P05), or a ``query_timeout`` whose cancel the
+    server never confirmed (the link was cut: the node stopped answering).
+    Other server errors are the query's own, although psycopg makes classes
+    53 to 58 ``OperationalError`` (out of memory, a program limit, a
+    statement timeout...); ``RERUN_ON_PRIMARY`` ones send the statement to
+    the primary.
     """
     if isinstance(exc, (PoolTimeoutError, PoolClosedError)):
         return Failure.NODE_DOWN
+    if isinstance(exc, QueryTimeoutError):
+        cause = exc.__cause__
+        cut = isinstance(cause, psycopg.OperationalError) and cause.sqlstate is None
+        return Failure.NODE_DOWN if cut else Failure.QUERY_ERROR
     if not isinstance(exc, psycopg.Error):
         return Failure.QUERY_ERROR
     sqlstate = exc.sqlstate
@@ -145,12 +184,27 @@ def classify_failure(exc: BaseException) -> Failure:
     return Failure.QUERY_ERROR
 
 
+class Kind(enum.Enum):
+    """What a node's last health probe found it to be."""
+
+    ASSUMED_PRIMARY = "assumed primary"  # the pool given as primary, until probed
+    ASSUMED_REPLICA = "assumed replica"  # a pool given as replica, until probed
+    WRITABLE = "writable"
+    STANDBY = "standby"
+    READ_ONLY = "read-only"  # not in recovery, yet refusing writes (a fenced primary)
+
+
+_STANDBYS = (Kind.STANDBY, Kind.ASSUMED_REPLICA)
+
+
 class ClusterState:
     """Routing state shared by every thread or task using one cluster.
 
-    The selector tracks which replicas are up and balances reads among them;
-    this class adds what the health loop measured (replay position, lag) and
-    the read-your-writes position of the current context.
+    The selector balances reads over the nodes that answer; this class adds
+    each node's role (what the health probes found), what they measured
+    (replay position, lag), the connections of the reads in flight on each
+    node (cut when it stops answering) and the read-your-writes position of
+    the current context.
     """
 
     def __init__(
@@ -160,25 +214,44 @@ class ClusterState:
         max_replica_lag: float | None,
         read_your_writes: bool,
         fallback_to_primary: bool,
+        names: Sequence[str] | None = None,
     ) -> None:
-        self.selector = _impl.selector.Selector(replica_count, balance)
-        self.count = replica_count
+        nodes = replica_count + 1
+        self.count = nodes
+        self.names = (
+            list(names)
+            if names is not None
+            else ["primary", *(f"replica {i}" for i in range(replica_count))]
+        )
+        self.selector = _impl.selector.Selector(nodes, balance)
         self.max_replica_lag = max_replica_lag
         self.read_your_writes = read_your_writes
         self.fallback_to_primary = fallback_to_primary
         # Until a first health round has measured lag, no replica is close enough;
         # without a fallback a read then waits for that round rather than failing.
         self.await_first_round = max_replica_lag is not None and not fallback_to_primary
-        self.replay_lsn: list[int | None] = [None] * replica_count
-        self.lag: list[float | None] = [None] * replica_count
-        self.primary_queries = 0
-        self.replica_queries = [0] * replica_count
-        self._lag_ok = (1 << replica_count) - 1 if max_replica_lag is None else 0
+        self.replay_lsn: list[int | None] = [None] * nodes
+        self.lag: list[float | None] = [None] * nodes
+        self.routed = [0] * nodes
+        self.kind = [Kind.ASSUMED_PRIMARY, *[Kind.ASSUMED_REPLICA] * replica_count]
+        self.timeline = [0] * nodes
+        self.answers = ["not probed yet"] * nodes
+        # The node writes go to (-1: none known writable), and the last one that was.
+        self.writer = 0
+        self.primary = 0
+        everyone = (1 << nodes) - 1
+        self._readers = everyone & ~1  # the nodes in recovery (or given as replicas)
+        self._lag_ok = everyone if max_replica_lag is None else 0
         self._lock = threading.Lock()
         # (monotonic time, primary WAL position then): recent health rounds' samples.
         self._primary_positions: deque[tuple[float, int]] = deque(maxlen=16)
-        # When each replica was last known to hold all the primary had written.
-        self._caught_up_at: list[float | None] = [None] * replica_count
+        # When each node was last known to hold all the primary had written.
+        self._caught_up_at: list[float | None] = [None] * nodes
+        # The psycopg connections (PGconn) of the reads in flight on each node.
+        self._reads: list[set[Any]] = [set() for _ in range(nodes)]
+        # Standbys that answered before any primary position was known (the
+        # probes of a round run at once): their lag is measured when one is.
+        self._unmeasured: dict[int, tuple[int | None, float | None, bool | None, float]] = {}
 
     def token(self) -> int:
         """This context's read-your-writes position for this cluster (0: none)."""
@@ -196,22 +269,22 @@ class ClusterState:
     # -- read routing --------------------------------------------------------
 
     def eligible(self, exclude: int) -> int:
-        """Bitmask of the replicas allowed to serve a read now (before up/down)."""
-        mask = self._lag_ok & ~exclude
+        """Bitmask of the nodes allowed to serve a read now (before up/down)."""
+        mask = self._lag_ok & self._readers & ~exclude
         token = self.token()
         if token and mask:
             replay = self.replay_lsn
-            for i in range(self.count):
-                if mask >> i & 1 and (replay[i] or 0) < token:
-                    mask &= ~(1 << i)
+            for j in range(self.count):
+                if mask >> j & 1 and (replay[j] or 0) < token:
+                    mask &= ~(1 << j)
         return mask
 
     def candidates(self, exclude: int) -> int:
         """Bitmask of the replicas close enough (``max_replica_lag``), whatever the token."""
-        return self._lag_ok & ~exclude
+        return self._lag_ok & self._readers & ~exclude
 
-    def reached_token(self, i: int) -> bool:
-        return (self.replay_lsn[i] or 0) >= self.token()
+    def reached_token(self, j: int) -> bool:
+        return (self.replay_lsn[j] or 0) >= self.token()
 
     def no_replica(self) -> None:
         """Called when no replica can serve a read: raise unless the primary may."""
@@ -221,12 +294,84 @@ class ClusterState:
                 "fallback_to_primary is False"
             )
 
-    def count_query(self, replica: int | None) -> None:
+    def count_query(self, j: int) -> None:
         with self._lock:
-            if replica is None:
-                self.primary_queries += 1
-            else:
-                self.replica_queries[replica] += 1
+            self.routed[j] += 1
+
+    def track(self, j: int, pgconn: Any) -> bool:
+        """Note a read running on node ``j`` over ``pgconn``; False when ``j`` is down.
+
+        Whoever marks the node down afterwards cuts ``pgconn``; a caller told
+        False (marked down before this call) abandons the read itself.
+        """
+        self._reads[j].add(pgconn)
+        return bool(self.selector.is_up(j))
+
+    def untrack(self, j: int, pgconn: Any) -> None:
+        self._reads[j].discard(pgconn)
+
+    # -- roles ---------------------------------------------------------------
+
+    def _elect(self) -> int | None:
+        """Choose the primary among the writable nodes that answer (holding the lock).
+
+        The highest timeline wins (the most recently promoted node), then the
+        current primary, then the lowest node. The given primary keeps the
+        role until a probe has answered from it. Returns the previous writer
+        when the choice changed, else None.
+        """
+        current = self.writer
+        is_up = self.selector.is_up
+        if current >= 0 and self.kind[current] is Kind.ASSUMED_PRIMARY and is_up(current):
+            return None
+        writable = [j for j in range(self.count) if self.kind[j] is Kind.WRITABLE and is_up(j)]
+        chosen = (
+            max(writable, key=lambda j: (self.timeline[j], j == self.primary, -j))
+            if writable
+            else -1
+        )
+        if chosen == current:
+            return None
+        self.writer = chosen
+        if chosen >= 0 and chosen != self.primary:
+            self.primary = chosen
+            # Positions of another server (another timeline) say nothing of this one's.
+            self._primary_positions.clear()
+            self._caught_up_at = [None] * self.count
+        return current
+
+    def _writer_changed(self, previous: int) -> None:
+        writer = self.writer
+        if writer < 0:
+            logger.warning("pgfast: no writable primary: %s", self.describe())
+        else:
+            was = "none" if previous < 0 else self.names[previous]
+            logger.warning(
+                "pgfast: %s is the primary now (%s; was: %s)",
+                self.names[writer],
+                self.answers[writer],
+                was,
+            )
+
+    def role(self, j: int) -> str:
+        """``"primary"``, ``"replica"`` or ``"down"``: what node ``j`` is used for now."""
+        if not self.selector.is_up(j):
+            return "down"
+        if j == self.writer:
+            return "primary"
+        if self.kind[j] in _STANDBYS:
+            return "replica"
+        return "down"  # writable but not chosen (split brain), or read-only yet no standby
+
+    def replica_nodes(self) -> list[int]:
+        """The nodes serving reads: the given replicas that are standbys (a promoted one
+        is not), then the given primary once it answered in recovery (demoted)."""
+        given = [j for j in range(1, self.count) if self.kind[j] in _STANDBYS]
+        return given + ([0] if self.kind[0] is Kind.STANDBY else [])
+
+    def describe(self) -> str:
+        """Each node and what it last answered (no password: names are pool displays)."""
+        return "; ".join(f"{self.names[j]}: {self.answers[j]}" for j in range(self.count))
 
     # -- measurements --------------------------------------------------------
 
@@ -234,48 +379,103 @@ class ClusterState:
         """The primary's WAL position, asked for at monotonic time ``at``."""
         with self._lock:
             self._primary_positions.append((at, parse_lsn(position)))
+            waiting, self._unmeasured = self._unmeasured, {}
+        for j, sample in waiting.items():
+            self._set_lag(j, self._replica_lag(j, *sample))
 
-    def record_status(self, i: int, row: Sequence[str | None], now: float) -> None:
-        """Store what the health loop read on replica ``i`` (a ``STATUS_SQL`` row)."""
-        in_recovery, replay, replay_age, receiver = row
-        self.note_replay(i, replay)
-        if in_recovery != "true":
-            lag: float | None = 0.0  # promoted: nothing to wait for
+    def _set_lag(self, j: int, lag: float | None) -> None:
+        with self._lock:
+            self._set_lag_locked(j, lag)
+
+    def _set_lag_locked(self, j: int, lag: float | None) -> None:
+        self.lag[j] = lag
+        limit = self.max_replica_lag
+        if limit is not None:
+            bit = 1 << j
+            if lag is not None and lag <= limit:
+                self._lag_ok |= bit
+            else:
+                self._lag_ok &= ~bit
+
+    def record_status(
+        self, j: int, row: Sequence[str | None], sent_at: float, now: float
+    ) -> int | None:
+        """Store what node ``j`` answered to ``STATUS_SQL`` (sent at ``sent_at``).
+
+        Returns the previous writer when this answer changed which node is the
+        primary, else None.
+        """
+        in_recovery, read_only, position, replay_age, receiver, timeline = row
+        line = 0
+        if in_recovery == "true":
+            kind, answer = Kind.STANDBY, "standby (in recovery)"
+        elif read_only == "on":
+            kind = Kind.READ_ONLY
+            answer = "not in recovery, yet read-only (default_transaction_read_only)"
         else:
-            lag = self._replica_lag(
-                i,
-                None if replay is None else parse_lsn(replay),
+            kind = Kind.WRITABLE
+            with contextlib.suppress(TypeError, ValueError):
+                line = int(timeline or "0", 16)
+            answer = f"writable (timeline {line})"
+        came_back = self.selector.mark_up(j)
+        bit = 1 << j
+        with self._lock:
+            if kind is Kind.STANDBY and self.kind[j] is not kind:
+                # A new standby (a demoted primary): its old positions mean nothing.
+                self.replay_lsn[j] = None
+                self._caught_up_at[j] = None
+            self.kind[j] = kind
+            self.timeline[j] = line
+            self.answers[j] = answer
+            if kind is Kind.STANDBY:
+                self._readers |= bit
+            else:
+                self._readers &= ~bit
+            previous = self._elect()
+            is_writer = self.writer == j
+        if came_back:
+            logger.warning("pgfast: %s is back in rotation", self.names[j])
+        if previous is not None:
+            self._writer_changed(previous)
+        if kind is Kind.WRITABLE:
+            if is_writer and position is not None:
+                self.record_primary(position, sent_at)
+            self._set_lag(j, 0.0)  # nothing to wait for
+        elif kind is Kind.STANDBY:
+            self.note_replay(j, position)
+            sample = (
+                None if position is None else parse_lsn(position),
                 None if replay_age is None else max(0.0, float(replay_age)),
                 None if receiver == "unknown" else receiver == "streaming",
                 now,
             )
-        self.lag[i] = lag
-        limit = self.max_replica_lag
-        if limit is not None:
-            bit = 1 << i
             with self._lock:
-                if lag is not None and lag <= limit:
-                    self._lag_ok |= bit
-                else:
-                    self._lag_ok &= ~bit
+                unknown = not self._primary_positions
+                if unknown:
+                    self._unmeasured[j] = sample
+                    self._set_lag_locked(j, None)
+            if not unknown:
+                self._set_lag(j, self._replica_lag(j, *sample))
+        else:
+            self._set_lag(j, None)
+        return previous
 
     def _replica_lag(
         self,
-        i: int,
+        j: int,
         replay: int | None,
         replay_age: float | None,
         receiving: bool | None,
         now: float,
     ) -> float | None:
-        """Seconds of writes replica ``i`` may be missing (``None``: unknown).
+        """Seconds of writes standby ``j`` may be missing (``None``: unknown).
 
-        Measured against the primary's position, never the replica's own view
-        alone: a replica whose WAL receiver stalled has replayed all it
-        received and would look caught up. Lag is 0 when the replica has
-        replayed the primary's latest sampled position (an idle primary sends
-        nothing), else the smaller of two upper bounds of its staleness: the
-        time since it was last seen caught up, and the age of its last
-        replayed commit.
+        Measured against the primary's position, never the standby's own view
+        alone: a standby whose WAL receiver stalled has replayed all it
+        received and would look caught up. Lag is 0 when it has replayed the
+        primary's latest sampled position (an idle primary sends nothing),
+        else the smaller of two upper bounds of its staleness: the time since
+        it was last seen caught up, and the age of its last replayed commit.
         """
         with self._lock:
             positions = list(self._primary_positions)
@@ -283,34 +483,45 @@ class ClusterState:
             return None
         for at, position in reversed(positions):
             if position <= replay:
-                previous = self._caught_up_at[i]
+                previous = self._caught_up_at[j]
                 if previous is None or at > previous:
-                    self._caught_up_at[i] = at
+                    self._caught_up_at[j] = at
                 break
         if receiving is False:
             return None  # its WAL stream is down: it falls behind at the next write
         if positions[-1][1] <= replay:
             return 0.0
-        caught_up_at = self._caught_up_at[i]
+        caught_up_at = self._caught_up_at[j]
         since = None if caught_up_at is None else now - caught_up_at
         bounds = [b for b in (replay_age, since) if b is not None]
         return min(bounds) if bounds else None
 
-    def note_replay(self, i: int, replay: str | None) -> None:
+    def note_replay(self, j: int, replay: str | None) -> None:
         lsn = None if replay is None else parse_lsn(replay)
         with self._lock:
-            current = self.replay_lsn[i]
+            current = self.replay_lsn[j]
             # Replay only moves forward; a stale concurrent answer must not rewind it.
             if lsn is not None and (current is None or lsn > current):
-                self.replay_lsn[i] = lsn
+                self.replay_lsn[j] = lsn
 
-    def mark_down(self, i: int, reason: str) -> None:
-        if self.selector.mark_down(i):
-            logger.warning("pgfast: replica %d left rotation: %s", i, reason)
-
-    def mark_up(self, i: int) -> None:
-        if self.selector.mark_up(i):
-            logger.warning("pgfast: replica %d is back in rotation", i)
+    def mark_down(self, j: int, reason: str, cut_reads: bool = False) -> int | None:
+        """Node ``j`` failed to connect or answer: out of rotation. With ``cut_reads``
+        (its health probe failed: the node, not one connection), the reads in
+        flight there are cut too, and run again elsewhere. Returns the previous
+        writer when this changed which node is the primary, else None."""
+        was_up = self.selector.mark_down(j)
+        reason = " ".join(reason.split())  # libpq's messages span lines
+        with self._lock:
+            self.answers[j] = f"down ({reason})"
+            previous = self._elect()
+        if cut_reads:
+            for pgconn in self._reads[j].copy():
+                sever(pgconn)
+        if was_up:
+            logger.warning("pgfast: %s left rotation: %s", self.names[j], reason)
+        if previous is not None:
+            self._writer_changed(previous)
+        return previous
 
     # -- read-your-writes ----------------------------------------------------
 
@@ -341,22 +552,27 @@ class ClusterState:
             if self.token() <= applied:
                 self._set_token(before)
 
-    def node_stats(self, replica: int | None, pool_stats: dict[str, int]) -> dict[str, Any]:
-        if replica is None:
-            return {**pool_stats, "routed": self.primary_queries}
-        lsn = self.replay_lsn[replica]
+    def node_stats(self, j: int, pool_stats: dict[str, int]) -> dict[str, Any]:
+        lsn = self.replay_lsn[j]
         return {
             **pool_stats,
-            "routed": self.replica_queries[replica],
-            "up": self.selector.is_up(replica),
-            "in_flight": self.selector.in_flight(replica),
-            "lag": self.lag[replica],
+            "role": self.role(j),
+            "routed": self.routed[j],
+            "up": bool(self.selector.is_up(j)),
+            "in_flight": self.selector.in_flight(j),
+            "lag": self.lag[j],
             "replay_lsn": None if lsn is None else format_lsn(lsn),
         }
 
 
 class AsyncHealthRunner:
-    """Runs a cluster's health loop as an asyncio task of the loop using the cluster."""
+    """Runs a cluster's health loop as an asyncio task of the loop using the cluster.
+
+    Besides starting and stopping the loop it is where writers waiting for a
+    primary meet it: ``notify()`` (a round ended, the primary changed) wakes
+    ``wait_change``, and while someone is ``hurry``-ing the loop sleeps at
+    most ``HURRIED_INTERVAL`` between rounds.
+    """
 
     def __init__(
         self,
@@ -366,8 +582,14 @@ class AsyncHealthRunner:
         self._body = body
         self._stop_timeout = stop_timeout
         self._task: asyncio.Task[None] | None = None
-        self._stop = asyncio.Event()
+        self._stopping = False
+        self._wake = asyncio.Event()  # cuts the sleep between two rounds short
+        self._changed = asyncio.Event()  # replaced at each notify()
         self._measured = asyncio.Event()  # set once a first round has completed
+        self._hurry = 0
+        self.generation = 0
+        self.rounds_started = 0
+        self.rounds_done = 0
 
     def ensure_started(self) -> None:
         """Start the loop in the running event loop, unless it already runs there."""
@@ -376,26 +598,59 @@ class AsyncHealthRunner:
             return
         # Events are bound to the loop that first waits on them: new ones per loop.
         measured = self.measured
-        self._stop = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
         self._measured = asyncio.Event()
         if measured:
             self._measured.set()
         self._task = asyncio.get_running_loop().create_task(self._body(self))
 
     async def sleep(self, seconds: float) -> bool:
-        """Wait ``seconds``; True when the loop must stop."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
-        return self._stop.is_set()
+        """Wait ``seconds`` (less while hurried, or until woken); True when the loop must stop."""
+        if self._hurry:
+            seconds = min(seconds, HURRIED_INTERVAL)
+        if not self._stopping:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+        return self._stopping
+
+    def wake(self) -> None:
+        """Start the next round now."""
+        self._wake.set()
+
+    def hurry(self, delta: int) -> None:
+        """+1 while a writer waits for a primary (rounds run now, then more often), -1 after."""
+        self._hurry += delta
+        if delta > 0:
+            self._wake.set()
 
     @property
     def measured(self) -> bool:
         """Whether a first round has completed."""
         return self._measured.is_set()
 
+    def round_started(self) -> None:
+        self.rounds_started += 1
+
     def round_done(self) -> None:
         """Called by the loop after each round."""
+        self.rounds_done += 1
         self._measured.set()
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every ``wait_change`` (a round ended, or the primary changed)."""
+        self.generation += 1
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_change(self, generation: int, timeout: float) -> None:
+        """Wait until ``notify()`` was called after ``generation`` was read, or ``timeout``."""
+        if generation != self.generation:
+            return
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), timeout)
 
     async def wait_measured(self) -> None:
         """Wait for the first round to complete (at most the time a round may take)."""
@@ -404,11 +659,13 @@ class AsyncHealthRunner:
 
     @staticmethod
     async def each(count: int, probe: Callable[[int], Awaitable[None]]) -> None:
-        """Run ``probe(i)`` for i in ``range(count)`` concurrently."""
-        await asyncio.gather(*(probe(i) for i in range(count)))
+        """Run ``probe(j)`` for j in ``range(count)`` concurrently."""
+        await asyncio.gather(*(probe(j) for j in range(count)))
 
     async def stop(self) -> None:
-        self._stop.set()
+        self._stopping = True
+        self._wake.set()
+        self.notify()  # writers waiting for a primary see the cluster closed
         task, self._task = self._task, None
         if task is None or task.done():
             return
@@ -423,15 +680,24 @@ class AsyncHealthRunner:
 
 
 class HealthRunner:
-    """Runs a cluster's health loop in a daemon thread (never keeps the process alive)."""
+    """Runs a cluster's health loop in a daemon thread (never keeps the process alive).
+
+    The sync twin of ``AsyncHealthRunner``: the same protocol, with threads.
+    """
 
     def __init__(self, body: Callable[[HealthRunner], None], stop_timeout: float) -> None:
         self._body = body
         self._stop_timeout = stop_timeout
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._changed = threading.Condition(threading.Lock())
         self._measured = threading.Event()  # set once a first round has completed
+        self._hurry = 0
+        self.generation = 0
+        self.rounds_started = 0
+        self.rounds_done = 0
 
     def ensure_started(self) -> None:
         """Start the thread once."""
@@ -445,17 +711,50 @@ class HealthRunner:
                 self._thread.start()
 
     def sleep(self, seconds: float) -> bool:
-        """Wait ``seconds``; True when the loop must stop."""
-        return self._stop.wait(seconds)
+        """Wait ``seconds`` (less while hurried, or until woken); True when the loop must stop."""
+        if self._hurry:
+            seconds = min(seconds, HURRIED_INTERVAL)
+        self._wake.wait(seconds)
+        self._wake.clear()
+        return self._stop.is_set()
+
+    def wake(self) -> None:
+        """Start the next round now."""
+        self._wake.set()
+
+    def hurry(self, delta: int) -> None:
+        """+1 while a writer waits for a primary (rounds run now, then more often), -1 after."""
+        with self._changed:
+            self._hurry += delta
+        if delta > 0:
+            self._wake.set()
 
     @property
     def measured(self) -> bool:
         """Whether a first round has completed."""
         return self._measured.is_set()
 
+    def round_started(self) -> None:
+        with self._changed:
+            self.rounds_started += 1
+
     def round_done(self) -> None:
         """Called by the loop after each round."""
+        with self._changed:
+            self.rounds_done += 1
         self._measured.set()
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every ``wait_change`` (a round ended, or the primary changed)."""
+        with self._changed:
+            self.generation += 1
+            self._changed.notify_all()
+
+    def wait_change(self, generation: int, timeout: float) -> None:
+        """Wait until ``notify()`` was called after ``generation`` was read, or ``timeout``."""
+        with self._changed:
+            self._changed.wait_for(lambda: self.generation != generation, timeout)
 
     def wait_measured(self) -> None:
         """Wait for the first round to complete (at most the time a round may take)."""
@@ -463,12 +762,24 @@ class HealthRunner:
 
     @staticmethod
     def each(count: int, probe: Callable[[int], None]) -> None:
-        """Run ``probe(i)`` for i in ``range(count)``, one after the other (each is bounded)."""
-        for i in range(count):
-            probe(i)
+        """Run ``probe(j)`` for j in ``range(count)`` concurrently, in threads: one node
+        that does not answer delays none of the others' verdicts."""
+        threads = [
+            threading.Thread(target=probe, args=(j,), name="pgfast-cluster-probe", daemon=True)
+            for j in range(1, count)
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            probe(0)
+        finally:
+            for thread in threads:
+                thread.join()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
+        self.notify()  # writers waiting for a primary see the cluster closed
         thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             # Probes are bounded, so the loop ends within a round; a daemon thread
@@ -477,7 +788,10 @@ class HealthRunner:
 
 
 def _check_options(
-    balance: str, max_replica_lag: float | None, health_check_interval: float
+    balance: str,
+    max_replica_lag: float | None,
+    health_check_interval: float,
+    failover_timeout: float,
 ) -> None:
     strategies = _impl.selector.STRATEGIES
     if balance not in strategies:
@@ -487,6 +801,7 @@ def _check_options(
     for name, value, optional in (
         ("max_replica_lag", max_replica_lag, True),
         ("health_check_interval", health_check_interval, False),
+        ("failover_timeout", failover_timeout, False),
     ):
         if value is None and optional:
             continue
@@ -504,6 +819,7 @@ def create_cluster(
     read_your_writes: bool = ...,
     fallback_to_primary: bool = ...,
     health_check_interval: float = ...,
+    failover_timeout: float = ...,
 ) -> Cluster: ...
 
 
@@ -517,6 +833,7 @@ def create_cluster(
     read_your_writes: bool = ...,
     fallback_to_primary: bool = ...,
     health_check_interval: float = ...,
+    failover_timeout: float = ...,
 ) -> AsyncCluster: ...
 
 
@@ -529,10 +846,13 @@ def create_cluster(
     read_your_writes: bool = False,
     fallback_to_primary: bool = True,
     health_check_interval: float = 1.0,
+    failover_timeout: float = 30.0,
 ) -> Cluster | AsyncCluster:
-    """A primary/replica cluster: writes to ``primary``, reads spread over ``replicas``.
+    """A primary/replica cluster: writes to the primary, reads spread over the replicas.
 
     All pools are sync (a ``Cluster``) or all async (an ``AsyncCluster``).
+    Roles are checked by the health probes: when a replica is promoted, writes
+    follow it (a write waits up to ``failover_timeout`` seconds for a primary).
     """
     from ._cluster_async import AsyncCluster
     from ._cluster_sync import Cluster
@@ -545,11 +865,10 @@ def create_cluster(
         raise TypeError(f"replicas must be a list of pools, not {type(replicas).__name__}")
     if not replicas:
         raise ValueError("a cluster needs at least one replica (replicas is empty)")
-    if len(replicas) > _impl.selector.MAX_NODES:
-        raise ValueError(
-            f"a cluster takes at most {_impl.selector.MAX_NODES} replicas, got {len(replicas)}"
-        )
-    _check_options(balance, max_replica_lag, health_check_interval)
+    most = _impl.selector.MAX_NODES - 1  # one node is the primary
+    if len(replicas) > most:
+        raise ValueError(f"a cluster takes at most {most} replicas, got {len(replicas)}")
+    _check_options(balance, max_replica_lag, health_check_interval, failover_timeout)
     pools = [primary, *replicas]
     cls: type[Cluster] | type[AsyncCluster]
     if all(isinstance(p, ConnectionPool) for p in pools):
@@ -562,7 +881,15 @@ def create_cluster(
             "a cluster's pools must be all sync (create_pool) or all async "
             f"(create_async_pool), got: {kinds}"
         )
+    names = [f"primary {primary._config.display!r}"] + [
+        f"replica {i} {pool._config.display!r}" for i, pool in enumerate(replicas)
+    ]
     state = ClusterState(
-        len(replicas), balance, max_replica_lag, bool(read_your_writes), bool(fallback_to_primary)
+        len(replicas),
+        balance,
+        max_replica_lag,
+        bool(read_your_writes),
+        bool(fallback_to_primary),
+        names,
     )
-    return cls(primary, list(replicas), state, float(health_check_interval))
+    return cls(pools, state, float(health_check_interval), float(failover_timeout))

@@ -5,6 +5,12 @@
 ``_cluster_sync.py`` is generated from this file by ``tools/async_to_sync.py``;
 edit this file and regenerate, never the other. Routing state and decisions
 live in ``_cluster_common``.
+
+Every operation runs on a dedicated connection of one node's pool, checked
+out here: a read's connection is tracked (cut when its node is marked down,
+so the read runs again elsewhere), and a write knows whether it failed before
+anything was sent (then it may wait for a primary and run there) or after
+(never run again).
 """
 
 from __future__ import annotations
@@ -30,18 +36,20 @@ from psycopg.pq import TransactionStatus
 
 from . import _impl
 from ._cluster_common import (
-    PRIMARY_LSN_SQL,
+    READ_ONLY_SQL_TRANSACTION,
     REPLAY_LSN_SQL,
+    ROLE_SQL,
     STATUS_SQL,
     WRITE_LSN_SQL,
     ClusterState,
     Failure,
     HealthRunner,
+    ProbeRefused,
     classify_failure,
     probe_row,
     probe_timeout,
 )
-from ._exceptions import PoolClosedError
+from ._exceptions import NoPrimaryError, PoolClosedError, PoolTimeoutError, PostCommitError
 from ._pool_common import (
     IsolationLevel,
     Row,
@@ -51,6 +59,7 @@ from ._pool_common import (
     _isolation,
     check_queries,
     check_transaction_options,
+    logger,
     not_a_query,
 )
 from ._pool_sync import (
@@ -66,6 +75,7 @@ T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
 Operation = Callable[[_Queryable], T]
 ProbeConnection = psycopg.Connection[Any]
+Checkout = AbstractContextManager[Connection]
 
 
 def _replica_tx(options: TransactionOptions) -> bool:
@@ -79,9 +89,31 @@ def _replica_tx(options: TransactionOptions) -> bool:
 
 
 def _host(db: _Queryable) -> ConnectionPool | Connection:
-    # The router only ever hands out a node's pool or a primary connection.
+    # The router only ever hands out a node's pool or one of its connections.
     assert isinstance(db, (ConnectionPool, Connection))
     return db
+
+
+def _pgconn(conn: Connection) -> Any:
+    """The libpq connection under a dedicated connection (to cut it from any thread)."""
+    raw = conn._conn
+    assert raw is not None
+    return raw.pgconn
+
+
+class _FailoverClock:
+    """A write's wait for a primary ends ``failover_timeout`` after its first failed attempt."""
+
+    __slots__ = ("deadline", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self.deadline: float | None = None
+
+    def start(self) -> float:
+        if self.deadline is None:
+            self.deadline = time.monotonic() + self.timeout
+        return self.deadline
 
 
 class Cluster:
@@ -89,35 +121,38 @@ class Cluster:
 
     def __init__(
         self,
-        primary: ConnectionPool,
-        replicas: list[ConnectionPool],
+        pools: list[ConnectionPool],
         state: ClusterState,
         health_check_interval: float,
+        failover_timeout: float,
     ) -> None:
-        self._primary = primary
-        self._replicas = replicas
+        # Node 0 is the pool given as the primary, node i + 1 replica i.
+        self._pools = pools
         self._state = state
         self._interval = health_check_interval
+        self._failover_timeout = failover_timeout
         self._closed = False
         self._probe_timeout = probe_timeout(health_check_interval)
-        # A round probes the primary, then the replicas (at worst one by one in the
-        # sync twin); each probe may connect then query, each step bounded.
-        stop_timeout = 2 * self._probe_timeout * (1 + len(replicas))
-        self._health = HealthRunner(self._health_loop, stop_timeout)
+        # Nodes that refused STATUS_SQL are probed with ROLE_SQL.
+        self._role_only = [False] * len(pools)
+        # A round probes every node at once; each probe may connect then query,
+        # each step bounded.
+        self._health = HealthRunner(self._health_loop, 2 * self._probe_timeout + 1.0)
 
     def __repr__(self) -> str:
-        state = "closed" if self._closed else f"{len(self._replicas)} replicas"
+        state = "closed" if self._closed else f"{len(self._pools) - 1} replicas"
         return f"<pgfast.{type(self).__name__} {state}>"
 
     @property
     def primary(self) -> ConnectionPool:
-        """The primary's pool, for direct access."""
-        return self._primary
+        """The pool of the current primary (the last known one while none answers)."""
+        return self._pools[self._state.primary]
 
     @property
     def replicas(self) -> list[ConnectionPool]:
-        """The replicas' pools, in the order given to ``create_cluster``."""
-        return list(self._replicas)
+        """The pools serving reads: the given replicas without a promoted one, then
+        the given primary once it answers in recovery (demoted)."""
+        return [self._pools[j] for j in self._state.replica_nodes()]
 
     # -- querying ------------------------------------------------------------
 
@@ -151,49 +186,60 @@ class Cluster:
     def query_stream(self, q: SQLQuery, batch_size: int = 1000) -> Generator[Row, None, None]:
         """Yield the rows of ``q`` in batches (see the pool's), from a replica when read-only.
 
-        A replica that fails before the first row is replaced by another node.
+        A node that fails before the first row is replaced by another one.
         """
         self._check_open()
-        if not self._is_read(q):
-            with self._writer() as db, closing(db.query_stream(q, batch_size)) as rows:
-                self._state.count_query(None)
-                for row in rows:
-                    yield row
-            return
-        exclude = 0
-        refused = False
+        if self._is_read(q):
+            exclude = 0
+            while (j := self._pick(exclude)) >= 0:
+                started = False
+                try:
+                    block, conn, pgconn = self._enter_node(j)
+                    try:
+                        with closing(conn.query_stream(q, batch_size)) as rows:
+                            for row in rows:
+                                if not started:
+                                    started = True
+                                    self._state.count_query(j)
+                                yield row
+                    except BaseException as exc:
+                        self._exit_node(j, block, pgconn, exc)
+                        raise
+                    self._exit_node(j, block, pgconn, None)
+                    if not started:
+                        self._state.count_query(j)
+                    return
+                except Exception as exc:
+                    failure = classify_failure(exc)
+                    if started or failure is Failure.QUERY_ERROR:
+                        raise
+                    if failure is Failure.RERUN_ON_PRIMARY:
+                        break  # only the primary can run it
+                    self._node_down(j, str(exc))
+                    exclude |= 1 << j
+                finally:
+                    self._state.selector.release(j)
+            else:
+                self._state.no_replica()
+        clock = _FailoverClock(self._failover_timeout)
         while True:
-            i = self._pick(exclude)
-            if i < 0:
-                break
+            j, block, conn = self._enter_primary(clock)
+            self._state.count_query(j)
             started = False
             try:
-                with closing(self._replicas[i].query_stream(q, batch_size)) as rows:
+                with closing(conn.query_stream(q, batch_size)) as rows:
                     for row in rows:
-                        if not started:
-                            started = True
-                            self._state.count_query(i)
+                        started = True
                         yield row
-                if not started:
-                    self._state.count_query(i)
-                return
-            except Exception as exc:
-                failure = classify_failure(exc)
-                if started or failure is Failure.QUERY_ERROR:
+            except BaseException as exc:
+                self._leave(block, conn, exc)
+                if started or not isinstance(exc, Exception):
                     raise
-                if failure is Failure.RERUN_ON_PRIMARY:
-                    refused = True
-                    break
-                self._state.mark_down(i, str(exc))
-                exclude |= 1 << i
-            finally:
-                self._state.selector.release(i)
-        if not refused:
-            self._state.no_replica()
-        with self._writer() as db, closing(db.query_stream(q, batch_size)) as rows:
-            self._state.count_query(None)
-            for row in rows:
-                yield row
+                if not self._retry_write(j, exc, clock, None, True):
+                    raise
+                continue
+            self._leave(block, conn, None)
+            return
 
     # -- transactions and connections ----------------------------------------
 
@@ -208,7 +254,10 @@ class Cluster:
         SERIALIZABLE, which a standby cannot run), else on the primary.
 
         A replica that fails or refuses the transaction before ``fn`` starts is
-        replaced by another node or the primary.
+        replaced by another node or the primary. On the primary, a transaction
+        that met no writable primary (its BEGIN found the connection lost, or a
+        demoted primary refused a write: nothing was written) runs again once
+        one answers, within ``failover_timeout``.
         """
         started = False
 
@@ -218,6 +267,8 @@ class Cluster:
             return fn(tx)
 
         def op(db: _Queryable) -> T:
+            nonlocal started
+            started = False  # each attempt starts afresh
             return _host(db).tx(
                 first, retry_serialization_failures=retry_serialization_failures, **options
             )
@@ -237,53 +288,86 @@ class Cluster:
         self._check_open()
         if on_replica:
             exclude = 0
-            while (i := self._pick(exclude)) >= 0:
+            while (j := self._pick(exclude)) >= 0:
                 try:
-                    block = self._replicas[i].transaction(**options)
-                    tx = block.__enter__()
+                    block, conn, pgconn = self._enter_node(j)
                 except BaseException as exc:  # a cancellation too must release it
-                    self._state.selector.release(i)
+                    self._state.selector.release(j)
+                    if not isinstance(exc, Exception):
+                        raise
+                    failure = classify_failure(exc)
+                    if failure is Failure.QUERY_ERROR:
+                        raise
+                    if failure is Failure.RERUN_ON_PRIMARY:
+                        break
+                    self._node_down(j, str(exc))
+                    exclude |= 1 << j
+                    continue
+                try:
+                    tx_block = conn.transaction(**options)
+                    tx = tx_block.__enter__()
+                except BaseException as exc:
+                    self._exit_node(j, block, pgconn, exc)
+                    self._state.selector.release(j)
+                    if not isinstance(exc, Exception):
+                        raise
                     failure = classify_failure(exc)
                     if failure is Failure.QUERY_ERROR:
                         raise
                     if failure is Failure.RERUN_ON_PRIMARY:
                         break  # refused before the block started: the primary runs it
-                    self._state.mark_down(i, str(exc))
-                    exclude |= 1 << i
+                    self._node_down(j, str(exc))
+                    exclude |= 1 << j
                     continue
-                self._state.count_query(i)
+                self._state.count_query(j)
                 try:
                     try:
                         yield tx
                     except BaseException as exc:
-                        if self._node_down(exc):
-                            self._state.mark_down(i, str(exc))
-                        block.__exit__(type(exc), exc, exc.__traceback__)
+                        if self._lost(exc):
+                            self._node_down(j, str(exc))
+                        tx_block.__exit__(type(exc), exc, exc.__traceback__)
                         raise
-                    block.__exit__(None, None, None)
+                    tx_block.__exit__(None, None, None)
+                except BaseException as exc:
+                    self._exit_node(j, block, pgconn, exc)
+                    raise
+                else:
+                    self._exit_node(j, block, pgconn, None)
                 finally:
-                    self._state.selector.release(i)
+                    self._state.selector.release(j)
                 return
             else:
                 self._state.no_replica()
-        self._state.count_query(None)
-        with self._writer() as db, _host(db).transaction(**options) as tx:
-            yield tx
+        writer, block, conn = self._enter_primary(_FailoverClock(self._failover_timeout))
+        self._state.count_query(writer)
+        try:
+            with conn.transaction(**options) as tx:
+                yield tx
+        except BaseException as exc:
+            self._leave(block, conn, exc)
+            raise
+        self._leave(block, conn, None)
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
         """A dedicated connection to the primary for the block."""
         self._check_open()
-        self._state.count_query(None)
-        with self._primary_connection() as conn:
+        j, block, conn = self._enter_primary(_FailoverClock(self._failover_timeout))
+        self._state.count_query(j)
+        try:
             yield conn
+        except BaseException as exc:
+            self._leave(block, conn, exc)
+            raise
+        self._leave(block, conn, None)
 
     def task(self, fn: Callable[[Connection], T]) -> T:
         """Run ``fn(connection)`` with a dedicated connection to the primary."""
         with self.connection() as conn:
             return fn(conn)
 
-    # -- bulk loading (API.md §8): writes on the primary, bulk_select as a read --
+    # -- bulk loading: writes on the primary, bulk_select as a read ----------
 
     def bulk_insert(self, table: str | SQLQuery, records: Records, **options: Any) -> Any:
         """``bulk_insert`` on the primary (options as for a pool's)."""
@@ -307,7 +391,12 @@ class Cluster:
         self, table: str | SQLQuery, rows: Iterable[Any] | Iterable[Any], **options: Any
     ) -> int:
         """``copy_in`` on the primary (options as for a pool's)."""
-        return self._route(lambda db: _host(db).copy_in(table, rows, **options), False)
+        # Rows from an iterator may be consumed: only a sequence can be sent again.
+        return self._route(
+            lambda db: _host(db).copy_in(table, rows, **options),
+            False,
+            rerun=isinstance(rows, Sequence),
+        )
 
     # -- read-your-writes ----------------------------------------------------
 
@@ -325,13 +414,12 @@ class Cluster:
     # -- life cycle ----------------------------------------------------------
 
     def stats(self) -> dict[str, Any]:
-        """Per node: its pool's stats, reads/writes routed to it, and for replicas
-        ``up``, ``in_flight``, ``lag`` (seconds) and ``replay_lsn``."""
+        """Per node, in the order given to ``create_cluster``: its pool's stats, ``role``
+        (``"primary"``, ``"replica"`` or ``"down"``), ``routed`` (operations sent to
+        it), ``up``, ``in_flight`` (reads), ``lag`` (seconds) and ``replay_lsn``."""
         state = self._state
-        return {
-            "primary": state.node_stats(None, self._primary.stats()),
-            "replicas": [state.node_stats(i, p.stats()) for i, p in enumerate(self._replicas)],
-        }
+        nodes = [state.node_stats(j, pool.stats()) for j, pool in enumerate(self._pools)]
+        return {"primary": nodes[0], "replicas": nodes[1:]}
 
     def dispose(self) -> None:
         """Stop the health checks and dispose every pool. Calling it again does nothing."""
@@ -339,7 +427,7 @@ class Cluster:
             return
         self._closed = True
         self._health.stop()
-        for pool in (self._primary, *self._replicas):
+        for pool in self._pools:
             pool.dispose()
 
     def __enter__(self) -> Cluster:
@@ -367,103 +455,271 @@ class Cluster:
         return bool(_impl.classify.is_read_only(q.format()[0]))
 
     @staticmethod
-    def _node_down(exc: BaseException) -> bool:
+    def _lost(exc: BaseException) -> bool:
         return isinstance(exc, Exception) and classify_failure(exc) is Failure.NODE_DOWN
 
-    def _route(self, op: Operation[T], read: bool, started: Callable[[], bool] | None = None) -> T:
+    def _route(
+        self,
+        op: Operation[T],
+        read: bool,
+        started: Callable[[], bool] | None = None,
+        rerun: bool = True,
+    ) -> T:
         """Run ``op`` on a replica for a read, else (or as a fallback) on the primary.
 
         ``started`` is given for transactions: once the user's function has
-        started they are neither retried elsewhere nor re-run on the primary.
+        started they are neither retried elsewhere nor re-run on the primary
+        after a lost connection. ``rerun``: whether a write refused by a
+        read-only (demoted) primary may be sent again to the next one.
         """
         self._check_open()
         state = self._state
-        if read:
-            exclude = 0
-            while (i := self._pick(exclude)) >= 0:
-                try:
-                    result = op(self._replicas[i])
-                except Exception as exc:
-                    failure = classify_failure(exc)
-                    if failure is Failure.QUERY_ERROR:
-                        raise
-                    user_code_ran = started is not None and started()
-                    if failure is Failure.RERUN_ON_PRIMARY:
-                        if user_code_ran:
-                            raise
-                        read = False  # only the primary can run it
-                        break
-                    state.mark_down(i, str(exc))
+        if not read:
+            return self._write(op, started, rerun)
+        exclude = 0
+        while (j := self._pick(exclude)) >= 0:
+            try:
+                with self._pools[j].connection() as conn:
+                    pgconn = _pgconn(conn)
+                    try:
+                        if not state.track(j, pgconn):
+                            raise psycopg.OperationalError(f"{state.names[j]} left rotation")
+                        result = op(conn)
+                    finally:
+                        state.untrack(j, pgconn)
+            except Exception as exc:
+                failure = classify_failure(exc)
+                if failure is Failure.QUERY_ERROR:
+                    raise
+                user_code_ran = started is not None and started()
+                if failure is Failure.RERUN_ON_PRIMARY:
                     if user_code_ran:
                         raise
-                    exclude |= 1 << i
-                    continue
-                finally:
-                    state.selector.release(i)
-                state.count_query(i)
-                return result
-            if read:
-                state.no_replica()
-        state.count_query(None)
-        if read or not state.read_your_writes:
-            return op(self._primary)
-        with self._primary_connection() as conn:
-            return op(conn)
+                    # Only the primary can run it: a write after all.
+                    return self._write(op, started, rerun)
+                self._node_down(j, str(exc))
+                if user_code_ran:
+                    raise
+                exclude |= 1 << j
+                continue
+            finally:
+                state.selector.release(j)
+            state.count_query(j)
+            return result
+        state.no_replica()
+        writer = state.writer if state.writer >= 0 else state.primary
+        state.count_query(writer)
+        return op(self._pools[writer])
 
     def _pick(self, exclude: int) -> int:
-        """A replica (counted in flight) for a read, or -1 for the primary."""
+        """A replica node (counted in flight) for a read, or -1 for the primary."""
         state = self._state
         if state.await_first_round and not self._health.measured:
             self._health.wait_measured()
-        i: int = state.selector.pick(state.eligible(exclude))
-        if i >= 0 or not state.token():
-            return i
+        j: int = state.selector.pick(state.eligible(exclude))
+        if j >= 0 or not state.token():
+            return j
         # No replica is known to have replayed this context's writes: ask one.
-        i = state.selector.pick(state.candidates(exclude))
-        if i < 0:
-            return i
+        j = state.selector.pick(state.candidates(exclude))
+        if j < 0:
+            return j
         try:
-            with self._replicas[i]._raw_connection() as conn:
+            with self._pools[j]._raw_connection() as conn:
                 cur = conn.execute(REPLAY_LSN_SQL)
                 row = cur.fetchone()
         except BaseException as exc:  # a cancellation too must release it
-            state.selector.release(i)
+            state.selector.release(j)
             if classify_failure(exc) is not Failure.NODE_DOWN:
                 raise
-            state.mark_down(i, str(exc))
+            self._node_down(j, str(exc))
             return -1
-        state.note_replay(i, None if row is None else row[0])
-        if state.reached_token(i):
-            return i
-        state.selector.release(i)
+        state.note_replay(j, None if row is None else row[0])
+        if state.reached_token(j):
+            return j
+        state.selector.release(j)
         return -1
 
-    @contextmanager
-    def _writer(self) -> Iterator[_Queryable]:
-        """The primary: its pool, or with read_your_writes a connection whose
-        writes are recorded."""
-        if not self._state.read_your_writes:
-            yield self._primary
-            return
-        with self._primary_connection() as conn:
-            yield conn
+    def _enter_node(self, j: int) -> tuple[Checkout, Connection, Any]:
+        """A dedicated connection of node ``j`` for a read, tracked: cut when the node
+        is marked down. Returns the checkout to leave with ``_exit_node``."""
+        block = self._pools[j].connection()
+        conn = block.__enter__()
+        pgconn = _pgconn(conn)
+        if not self._state.track(j, pgconn):
+            error = psycopg.OperationalError(f"{self._state.names[j]} left rotation")
+            self._exit_node(j, block, pgconn, error)
+            raise error
+        return block, conn, pgconn
 
-    @contextmanager
-    def _primary_connection(self) -> Iterator[Connection]:
-        """A primary connection; with read_your_writes, the WAL position reached on it
-        at the end of the block becomes this context's token."""
-        with self._primary.connection() as conn:
-            if not self._state.read_your_writes:
-                yield conn
-                return
+    def _exit_node(self, j: int, block: Checkout, pgconn: Any, exc: BaseException | None) -> None:
+        self._state.untrack(j, pgconn)
+        if exc is None:
+            block.__exit__(None, None, None)
+        else:
+            block.__exit__(type(exc), exc, exc.__traceback__)
+
+    def _node_down(self, j: int, reason: str, cut_reads: bool = False) -> None:
+        """Node ``j`` failed: out of rotation, the callers queued for one of its
+        connections sent elsewhere, and with ``cut_reads`` (a failed health probe)
+        its reads in flight too. One read's lost connection cuts no other: a
+        stream or transaction already under way could not run again."""
+        previous = self._state.mark_down(j, reason, cut_reads)
+        self._abandon_waiters(j, f"{self._state.names[j]} left rotation ({reason})")
+        if previous is not None:
+            self._writer_changed(previous)
+
+    def _writer_changed(self, previous: int) -> None:
+        """Another node (or none) is the primary now: writes queued for a connection
+        of the previous one go to the new one, and waiting writers look again."""
+        if previous >= 0 and previous != self._state.writer:
+            self._abandon_waiters(previous, f"{self._state.names[previous]} is no primary")
+        self._health.notify()
+
+    def _abandon_waiters(self, j: int, reason: str) -> None:
+        """Fail every caller waiting in node ``j``'s pool for a connection.
+
+        No connection would come soon (the pool retries connecting for its
+        whole connect_timeout): they fail with a connection error, which
+        routing takes as "nothing was sent", so reads and writes run elsewhere.
+        """
+        pool = self._pools[j]._pool
+        with pool._lock:
+            waiting = list(pool._waiting)
+            pool._waiting.clear()
+        for client in waiting:
+            client.fail(
+                psycopg.OperationalError(f"{reason}: the wait for a connection was abandoned")
+            )
+
+    # -- writes --------------------------------------------------------------
+
+    def _write(self, op: Operation[T], started: Callable[[], bool] | None, rerun: bool) -> T:
+        """Run ``op`` on the primary; through a failover, once nothing was written."""
+        clock = _FailoverClock(self._failover_timeout)
+        while True:
+            j, block, conn = self._enter_primary(clock)
+            self._state.count_query(j)
             try:
-                yield conn
-            except BaseException:
-                # The block may have committed writes before it failed.
-                with contextlib.suppress(Exception):
-                    self._record_write(conn)
+                result = op(conn)
+            except BaseException as exc:
+                self._leave(block, conn, exc)
+                if isinstance(exc, Exception) and self._retry_write(j, exc, clock, started, rerun):
+                    continue
                 raise
-            self._record_write(conn)
+            try:
+                self._leave(block, conn, None)
+            except PostCommitError as exc:
+                # A transaction's steps run when its connection is handed back.
+                exc.result = result
+                raise
+            return result
+
+    def _enter_primary(self, clock: _FailoverClock) -> tuple[int, Checkout, Connection]:
+        """A dedicated connection of the primary, once one answers (within
+        ``failover_timeout``). Returns the node and the checkout to ``_leave``."""
+        while True:
+            j = self._state.writer
+            if j < 0:
+                self._await_primary(-1, None, clock)
+                continue
+            block = self._pools[j].connection()
+            try:
+                conn = block.__enter__()
+            except Exception as exc:
+                if (
+                    isinstance(exc, PoolClosedError)
+                    or classify_failure(exc) is not Failure.NODE_DOWN
+                ):
+                    raise
+                # Nothing was sent. A pool that is only busy (no connection free
+                # within its queue_timeout) is no reason to wait for another primary.
+                busy = isinstance(exc, PoolTimeoutError)
+                if not self._await_primary(j, exc, clock, same_node=not busy):
+                    raise
+                continue
+            return j, block, conn
+
+    def _leave(self, block: Checkout, conn: Connection, exc: BaseException | None) -> None:
+        """End a primary checkout; with read_your_writes, the WAL position reached on
+        its connection becomes this context's token first."""
+        try:
+            if self._state.read_your_writes:
+                if exc is None:
+                    self._record_write(conn)
+                else:
+                    # The block may have committed writes before it failed.
+                    with contextlib.suppress(Exception):
+                        self._record_write(conn)
+        finally:
+            if exc is None:
+                block.__exit__(None, None, None)
+            else:
+                block.__exit__(type(exc), exc, exc.__traceback__)
+
+    def _retry_write(
+        self,
+        j: int,
+        exc: Exception,
+        clock: _FailoverClock,
+        started: Callable[[], bool] | None,
+        rerun: bool,
+    ) -> bool:
+        """Whether a write that failed on node ``j`` runs again (after waiting for a
+        primary): only when nothing was written."""
+        failure = classify_failure(exc)
+        if failure is Failure.NODE_DOWN:
+            if started is not None and not started():
+                # Its BEGIN found the connection lost: nothing ran.
+                return self._await_primary(j, exc, clock)
+            # Sent, then the connection died: it may have run. Never again; but
+            # the primary may be gone, so look now.
+            self._health.wake()
+            return False
+        if rerun and isinstance(exc, psycopg.Error) and exc.sqlstate == READ_ONLY_SQL_TRANSACTION:
+            # Refused by a read-only server: nothing was written. A demoted
+            # primary, unless a fresh probe finds the node still writable
+            # (then the transaction itself was read-only: the caller's error).
+            return self._await_primary(j, exc, clock, same_node=False)
+        return False
+
+    def _await_primary(
+        self,
+        failed: int,
+        exc: BaseException | None,
+        clock: _FailoverClock,
+        same_node: bool = True,
+    ) -> bool:
+        """Wait until a writable primary answers; True to try the write again.
+
+        ``failed`` is the node the write just failed on (-1: none was known).
+        Another node becoming the primary ends the wait at once; the same one
+        must be confirmed by a health round started after the failure, and
+        then counts only when ``same_node`` (else False: the failure was not
+        the node's). Health rounds run quickly meanwhile. Past the write's
+        ``failover_timeout``, ``NoPrimaryError``.
+        """
+        state, runner = self._state, self._health
+        deadline = clock.start()
+        fresh = runner.rounds_started + 1
+        runner.hurry(1)
+        try:
+            while True:
+                self._check_open()
+                generation = runner.generation
+                writer = state.writer
+                if writer >= 0 and writer != failed:
+                    return True
+                if writer >= 0 and runner.rounds_done >= fresh:
+                    return same_node
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise NoPrimaryError(
+                        f"no writable primary within failover_timeout="
+                        f"{self._failover_timeout:g} s: {state.describe()}"
+                    ) from exc
+                runner.wait_change(generation, remaining)
+        finally:
+            runner.hurry(-1)
 
     def _record_write(self, conn: Connection) -> None:
         with conn._raw_connection() as raw:
@@ -476,30 +732,27 @@ class Cluster:
     # -- health --------------------------------------------------------------
 
     def _health_loop(self, runner: HealthRunner) -> None:
-        """Each ``health_check_interval``: sample the primary's WAL position, then probe
-        every replica on its own connection: down ones come back when they answer, up
-        ones report replay position and lag. Every probe is bounded in time."""
-        # Slot 0 is the primary's probe connection, slot i + 1 replica i's.
-        probes: list[ProbeConnection | None] = [None] * (1 + len(self._replicas))
+        """Each ``health_check_interval``: probe every node at once, each on its own
+        connection. Each answer says what the node is (primary, standby, down) and,
+        for standbys, how far behind; nodes that failed come back when they answer.
+        Every probe is bounded in time."""
+        probes: list[ProbeConnection | None] = [None] * len(self._pools)
 
-        def probe_replica(i: int) -> None:
+        def probe(j: int) -> None:
+            sent_at = time.monotonic()
             try:
-                row = self._probe(probes, i + 1, STATUS_SQL)
+                row = self._probe(probes, j)
+                previous = self._state.record_status(j, row, sent_at, time.monotonic())
             except Exception as exc:
-                self._state.mark_down(i, f"health probe failed: {exc}")
+                self._node_down(j, f"health probe failed: {exc}", cut_reads=True)
                 return
-            self._state.record_status(i, row, time.monotonic())
-            self._state.mark_up(i)
+            if previous is not None:
+                self._writer_changed(previous)
 
         try:
             while True:
-                at = time.monotonic()
-                # Without the primary, lag is measured against its last known position.
-                with contextlib.suppress(Exception):
-                    position = (self._probe(probes, 0, PRIMARY_LSN_SQL))[0]
-                    if position is not None:
-                        self._state.record_primary(position, at)
-                runner.each(len(self._replicas), probe_replica)
+                runner.round_started()
+                runner.each(len(self._pools), probe)
                 runner.round_done()
                 if runner.sleep(self._interval):
                     break
@@ -508,32 +761,48 @@ class Cluster:
                 if conn is not None:
                     conn.close()
 
-    def _probe(
-        self, probes: list[ProbeConnection | None], slot: int, query: bytes
-    ) -> list[str | None]:
-        """The first row of ``query`` on the probe connection ``probes[slot]`` (opened
+    def _probe(self, probes: list[ProbeConnection | None], j: int) -> list[str | None]:
+        """The first row of ``STATUS_SQL`` on node ``j``'s probe connection (opened
         when needed), within the probe timeout: a server that stopped answering (a
         partition, a stopped process) cannot hang the health loop. Raises on failure,
-        closing the connection."""
-        pool = self._primary if slot == 0 else self._replicas[slot - 1]
+        closing the connection. A server that refuses the query itself (one of its
+        functions missing or forbidden) is asked ``ROLE_SQL`` from then on."""
+        pool = self._pools[j]
         config = pool._config
-        conn = probes[slot]
+        conn = probes[j]
         started = time.monotonic()
         try:
             if conn is None or conn.closed:
-                conn = probes[slot] = psycopg.Connection.connect(
+                conn = probes[j] = psycopg.Connection.connect(
                     config.conninfo,
                     **{
                         **pool._connect_kwargs(),
                         "connect_timeout": math.ceil(self._probe_timeout),
                     },
                 )
+            query = ROLE_SQL if self._role_only[j] else STATUS_SQL
             conn.pgconn.send_query(query)
             # psycopg's own wait loop, with a deadline (its query methods have none).
             results = conn.wait(generators.execute(conn.pgconn), timeout=self._probe_timeout)
-            return probe_row(results)
+            try:
+                row = probe_row(results)
+            except ProbeRefused as exc:
+                if query is ROLE_SQL:
+                    raise
+                self._role_only[j] = True
+                logger.warning(
+                    "pgfast: %s refused the health probe (%s): only its role is checked",
+                    self._state.names[j],
+                    config.redact(str(exc)),
+                )
+                conn.pgconn.send_query(ROLE_SQL)
+                left = max(0.1, self._probe_timeout - (time.monotonic() - started))
+                row = probe_row(conn.wait(generators.execute(conn.pgconn), timeout=left))
+            if len(row) != 6:
+                raise psycopg.OperationalError(f"unexpected probe answer ({len(row)} columns)")
+            return row
         except Exception as exc:
-            probes[slot] = None
+            probes[j] = None
             if conn is not None:
                 conn.close()  # mid-query after a timeout: unusable
             if time.monotonic() - started >= self._probe_timeout:

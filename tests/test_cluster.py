@@ -157,8 +157,9 @@ def test_create_cluster_checks_its_arguments() -> None:
         create_cluster(sync_pools[0], [async_pool])
     with pytest.raises(TypeError, match="replicas must be a list"):
         create_cluster(sync_pools[0], sync_pools[1])  # type: ignore[arg-type]
-    with pytest.raises(ValueError, match="at most 64 replicas, got 65"):
-        create_cluster(sync_pools[0], [sync_pools[1]] * 65)
+    # The selector tracks 64 nodes, the primary included.
+    with pytest.raises(ValueError, match="at most 63 replicas, got 64"):
+        create_cluster(sync_pools[0], [sync_pools[1]] * 64)
     with pytest.raises(ValueError, match="balance must be one of"):
         create_cluster(sync_pools[0], sync_pools[1:], balance="fastest")
     for bad in (0, -1, "1", True):
@@ -166,6 +167,9 @@ def test_create_cluster_checks_its_arguments() -> None:
             create_cluster(sync_pools[0], sync_pools[1:], max_replica_lag=bad)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="health_check_interval"):
         create_cluster(sync_pools[0], sync_pools[1:], health_check_interval=0)
+    for wrong in (0, -1.5, "30", None, True):
+        with pytest.raises(ValueError, match="failover_timeout must be a number of seconds"):
+            create_cluster(sync_pools[0], sync_pools[1:], failover_timeout=wrong)  # type: ignore[arg-type]
     with create_cluster(sync_pools[0], sync_pools[1:]) as cluster:
         assert isinstance(cluster, Cluster)
         assert cluster.primary is sync_pools[0]
@@ -771,31 +775,71 @@ def test_lag_is_measured_against_the_primary() -> None:
 
 
 def status(replay: str, age: float | None = None, receiver: str | None = "streaming") -> list[Any]:
-    return ["true", replay, None if age is None else str(age), receiver]
+    """A STATUS_SQL row of a standby."""
+    return ["true", "on", replay, None if age is None else str(age), receiver, None]
+
+
+def writable(position: str, timeline: int = 1) -> list[Any]:
+    """A STATUS_SQL row of a primary."""
+    return ["false", "off", position, None, None, f"{timeline:08X}"]
 
 
 @nodb
 def test_lag_rules() -> None:
     state = ClusterState(1, "round_robin", 1.0, False, True)
-    state.record_status(0, status("0/100"), 10.0)
-    assert state.lag == [None]  # the primary's position is not known yet
-    state.record_primary("0/100", 10.0)
-    state.record_status(0, status("0/100", age=3600.0), 10.5)
-    assert state.lag == [0.0]  # caught up: an old last commit means an idle primary
-    assert state.eligible(0) == 1
-    state.record_primary("0/200", 11.0)
-    state.record_status(0, status("0/100", age=3600.0), 12.5)
-    assert state.lag == [2.5]  # last seen caught up at 10.0
+    state.record_status(1, status("0/100"), 10.0, 10.0)
+    assert state.lag == [None, None]  # the primary's position is not known yet
+    state.record_status(0, writable("0/100"), 10.0, 10.0)
+    state.record_status(1, status("0/100", age=3600.0), 10.5, 10.5)
+    assert state.lag == [0.0, 0.0]  # caught up: an old last commit means an idle primary
+    assert state.eligible(0) == 0b10
+    state.record_status(0, writable("0/200"), 11.0, 11.0)
+    state.record_status(1, status("0/100", age=3600.0), 12.5, 12.5)
+    assert state.lag[1] == 2.5  # last seen caught up at 10.0
     assert state.eligible(0) == 0
-    state.record_status(0, status("0/180", age=0.25), 12.6)
-    assert state.lag == [0.25]  # its last replayed commit is a tighter bound
-    state.record_status(0, status("0/200", receiver=None), 12.7)
-    assert state.lag == [None]  # no WAL receiver: it cannot keep up
-    state.record_status(0, status("0/200", receiver="unknown"), 12.8)
-    assert state.lag == [0.0]  # receiver hidden from this role: the positions decide
-    state.record_status(0, ["false", "0/10", None, None], 13.0)
-    assert state.lag == [0.0]  # promoted
-    assert state.eligible(0) == 1
+    state.record_status(1, status("0/180", age=0.25), 12.6, 12.6)
+    assert state.lag[1] == 0.25  # its last replayed commit is a tighter bound
+    state.record_status(1, status("0/200", receiver=None), 12.7, 12.7)
+    assert state.lag[1] is None  # no WAL receiver: it cannot keep up
+    state.record_status(1, status("0/200", receiver="unknown"), 12.8, 12.8)
+    assert state.lag[1] == 0.0  # receiver hidden from this role: the positions decide
+    assert state.writer == 0
+    state.record_status(1, writable("0/210", timeline=2), 13.0, 13.0)
+    assert state.writer == 1  # promoted: a higher timeline than the old primary's
+    assert state.eligible(0) == 0  # a primary serves no reads as a replica
+    assert [state.role(0), state.role(1)] == ["down", "primary"]
+
+
+@nodb
+def test_roles_follow_the_probes() -> None:
+    state = ClusterState(2, "round_robin", None, False, True, ["p", "r0", "r1"])
+    assert state.writer == 0 and state.replica_nodes() == [1, 2]
+    assert [state.role(j) for j in range(3)] == ["primary", "replica", "replica"]
+    # The given primary keeps its role until it has answered a probe.
+    state.record_status(2, writable("0/300", timeline=2), 1.0, 1.0)
+    assert state.writer == 0
+    assert state.record_status(0, writable("0/200"), 1.0, 1.0) == 0  # changed, from node 0
+    assert state.writer == 2 and state.primary == 2  # the highest timeline wins
+    assert state.role(0) == "down"  # writable but not chosen: no writes, no reads
+    assert state.replica_nodes() == [1]
+    # The old primary goes away, then comes back in recovery: it serves reads.
+    assert state.mark_down(0, "connection refused") is None  # the primary did not change
+    assert "connection refused" in state.describe()
+    state.record_status(0, status("0/300"), 2.0, 2.0)
+    assert state.role(0) == "replica" and state.replica_nodes() == [1, 0]
+    assert state.eligible(0) == 0b011
+    # No writable node: no writer, but the last primary is remembered.
+    assert state.mark_down(2, "no answer within 1 s") == 2
+    assert state.writer == -1 and state.primary == 2
+    assert state.describe() == (
+        "p: standby (in recovery); r0: not probed yet; r1: down (no answer within 1 s)"
+    )
+    state.record_status(2, writable("0/310", timeline=2), 3.0, 3.0)
+    assert state.writer == 2
+    # Fenced with default_transaction_read_only: not in recovery, yet refusing writes.
+    state.record_status(2, ["false", "on", "0/310", None, None, "00000002"], 4.0, 4.0)
+    assert state.writer == -1 and state.role(2) == "down"
+    assert "read-only" in state.describe()
 
 
 @nodb

@@ -242,6 +242,78 @@ def test_cpu_affinity_reaches_new_backends_and_restarted_servers() -> None:
     assert os.sched_getaffinity(0) == ours  # the caller's own is left alone
 
 
+def test_wait_for_replicas_is_quick_on_an_idle_cluster(pg_cluster: LocalCluster) -> None:
+    # A WAL segment switch leaves the primary idle with its insert position past
+    # the new segment's header, which no replica ever reports as replayed: a
+    # wait for that position would last until the next WAL record (up to 15 s).
+    pg_cluster.wait_for_replicas()
+    query_one(pg_cluster.primary_url, "SELECT pg_switch_wal()")
+    for _ in range(3):
+        started = time.monotonic()
+        pg_cluster.wait_for_replicas()
+        assert time.monotonic() - started < 0.5
+
+
+def test_wait_for_replicas_covers_asynchronous_commits(
+    pg_cluster: LocalCluster, table: str
+) -> None:
+    # The servers run with synchronous_commit=off: a commit may not be flushed
+    # (nor sent to replicas) yet when the caller moves on.
+    with psycopg.connect(pg_cluster.primary_url, autocommit=True) as conn:
+        for x in range(5):
+            conn.execute(f"INSERT INTO {table} VALUES (%s)", [x])
+            pg_cluster.wait_for_replicas()
+            for url in pg_cluster.replica_urls:
+                assert values(url, table) == list(range(x + 1))
+
+
+def test_failover_then_promote() -> None:
+    cluster = LocalCluster(replicas=2).start()
+    try:
+        old_primary, (first, second) = cluster.primary_url, cluster.replica_urls
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(old_primary, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLE {name} (x int)")
+        insert(old_primary, name, 1)
+
+        cluster.failover(to=0)
+        assert cluster.primary_url == first and cluster.replica_urls == [second]
+        with pytest.raises(psycopg.OperationalError):
+            psycopg.connect(old_primary, connect_timeout=2)  # stopped
+        assert query_one(first, "SELECT pg_is_in_recovery()") is False
+        assert values(first, name) == [1]  # nothing acknowledged was lost
+        insert(first, name, 2)
+        cluster.wait_for_replicas()
+        assert values(second, name) == [1, 2]  # it streams from the new primary
+        streaming = "SELECT count(*) FROM pg_stat_replication WHERE state = 'streaming'"
+        assert query_one(first, streaming) == 1
+        # Indexes shifted: replica 0 is the other replica now.
+        cluster.stop_replica(0)
+        insert(first, name, 3)
+        cluster.start_replica(0)
+        cluster.restart_primary()
+        cluster.wait_for_replicas()
+        assert values(second, name) == [1, 2, 3]
+
+        cluster.promote(0)  # the other replica: two primaries now
+        assert cluster.primary_url == second and cluster.replica_urls == []
+        assert query_one(second, "SELECT pg_is_in_recovery()") is False
+        assert query_one(first, "SELECT pg_is_in_recovery()") is False
+        with pytest.raises(IndexError, match="0 replica"):
+            cluster.promote(0)
+        cluster.wait_for_replicas()  # no replica left: nothing to wait for
+
+        # Every node, the stopped old primary and the former one included, is
+        # stopped from the saved state (as `pgfast down` does).
+        directory, pids = cluster.directory, cluster_pids(cluster.directory)
+        assert len(postmaster_pids(directory)) == 2
+        state = cluster.detach()
+        local.stop_from_state(state)
+        assert_gone(directory, pids)
+    finally:
+        cluster.stop()
+
+
 def test_replica_index_is_checked(pg_cluster: LocalCluster) -> None:
     with pytest.raises(IndexError, match="2 replica"):
         pg_cluster.stop_replica(2)

@@ -15,7 +15,6 @@ import glob
 import importlib.util
 import json
 import os
-import pwd
 import re
 import secrets
 import shutil
@@ -167,8 +166,12 @@ class _RunAs:
 
 
 def _server_user() -> _RunAs:
-    if os.geteuid() != 0:
+    # os.geteuid and pwd are POSIX-only: the pytest plugin imports this module on
+    # every platform, so they are looked up only here, when a server is started.
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
         return _RunAs()
+    import pwd
+
     for name in ("postgres", FALLBACK_USER):
         with contextlib.suppress(KeyError):
             entry = pwd.getpwnam(name)
@@ -312,10 +315,19 @@ class _Node:
     port: int = 0
     running: bool = False
     paused: bool = False
+    # "primary", "standby", or "former" (a primary replaced by promote/failover).
+    role: str = "standby"
+    # The name of the node a standby streams from.
+    upstream: str = "primary"
 
     @property
     def log(self) -> Path:
         return self.data / _LOG_NAME
+
+    @property
+    def slot(self) -> str:
+        """The physical replication slot this node streams through (as a standby)."""
+        return f"pgfast_{self.name}"
 
     def pid(self) -> int | None:
         """The postmaster's pid, from postmaster.pid, or None when not running."""
@@ -390,10 +402,7 @@ class _Runtime:
     @classmethod
     def from_json(cls, text: str) -> _Runtime:
         raw = json.loads(text)
-        nodes = [
-            _Node(n["name"], Path(n["data"]), n["port"], n["running"], n["paused"])
-            for n in raw["nodes"]
-        ]
+        nodes = [_Node(**{**n, "data": Path(n["data"])}) for n in raw["nodes"]]
         return cls(Path(raw["root"]), Path(raw["bindir"]), raw["uid"], raw["gid"], nodes)
 
 
@@ -481,7 +490,7 @@ class LocalCluster:
         self._finalizer = weakref.finalize(self, _stop, runtime, self._watchdog)
         self._runtime, self._password = runtime, template.password
         try:
-            primary = _Node("primary", root / "primary")
+            primary = _Node("primary", root / "primary", role="primary")
             runtime.nodes.append(primary)
             _run(["cp", "-a", str(template.path), str(primary.data)], run_as, cwd=root)
             self._start_node(primary)
@@ -528,20 +537,29 @@ class LocalCluster:
         if self._runtime is None:
             return f"<LocalCluster replicas={self._replicas} not started>"
         state = "stopped" if self._stopped else "running"
-        ports = ", ".join(f"{n.name}:{n.port}" for n in self._runtime.nodes)
-        return f"<LocalCluster {state} {ports}>"
+        return f"<LocalCluster {state} {', '.join(map(self._describe, self._runtime.nodes))}>"
+
+    @staticmethod
+    def _describe(node: _Node) -> str:
+        text = f"{node.name}:{node.port}"
+        if node.role == "primary" and node.name != "primary":
+            text += " (promoted)"
+        elif node.role == "former":
+            text += " (former primary)" if node.running else " (former primary, stopped)"
+        return text
 
     # -- addresses
 
     @property
     def primary_url(self) -> str:
-        """``postgresql://user:password@127.0.0.1:port/postgres`` of the primary."""
-        return self._url(self._nodes()[0])
+        """``postgresql://user:password@127.0.0.1:port/postgres`` of the primary
+        (after ``promote`` or ``failover``, of the promoted node)."""
+        return self._url(self._primary())
 
     @property
     def replica_urls(self) -> list[str]:
-        """The replicas' URLs, in index order."""
-        return [self._url(n) for n in self._nodes()[1:]]
+        """The replicas' URLs, in index order (a promoted replica leaves the list)."""
+        return [self._url(n) for n in self._standbys()]
 
     @property
     def directory(self) -> Path:
@@ -601,26 +619,27 @@ class LocalCluster:
 
     def restart_primary(self) -> None:
         """Restart the primary on the same port; waits until running replicas stream again."""
-        runtime, primary = self._require(), self._nodes()[0]
+        runtime, primary = self._require(), self._primary()
         runtime.pg_ctl(primary, "-m", "fast", "restart")
         self._apply_cpus(primary)
         self._wait_accepting(primary)
-        for i, node in enumerate(self._nodes()[1:]):
-            if node.running:
+        for i, node in enumerate(self._standbys()):
+            if node.running and node.upstream == primary.name:
                 self._wait_streaming(i)
 
     def wait_for_replicas(self, timeout: float = START_TIMEOUT) -> None:
-        """Wait until every running, unpaused replica has replayed all of the
-        primary's WAL written so far."""
-        with self._connect(self._nodes()[0]) as conn:
-            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
-        assert row is not None
-        target = row[0]
-        for node in self._nodes()[1:]:
-            if not node.running or node.paused:
+        """Wait until every running, unpaused replica has replayed all of the WAL
+        its primary has written so far: a few milliseconds on an idle cluster."""
+        targets: dict[str, str] = {}
+        for node in self._standbys():
+            upstream = self._node(node.upstream)
+            if not node.running or node.paused or not upstream.running:
                 continue
+            if upstream.name not in targets:
+                targets[upstream.name] = self._flushed_position(upstream)
+            target = targets[upstream.name]
 
-            def caught_up(node: _Node = node) -> bool | None:
+            def caught_up(node: _Node = node, target: str = target) -> bool | None:
                 with self._connect(node) as conn:
                     done = conn.execute(
                         "SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", [target]
@@ -628,6 +647,45 @@ class LocalCluster:
                 return True if done == (True,) else None
 
             _poll(f"{node.name} to replay up to {target}", caught_up, timeout)
+
+    def promote(self, i: int) -> None:
+        """Promote replica ``i`` to a writable primary; returns once it accepts writes.
+
+        The old primary keeps running (two primaries, as after a split brain)
+        and the other replicas keep streaming from it. ``primary_url`` is then
+        the promoted node and ``replica_urls`` lists the other replicas, in
+        their previous order (indexes after ``i`` shift down by one).
+        """
+        node = self._replica(i)
+        self._promote(node)
+
+    def failover(self, to: int = 0) -> None:
+        """Fail over to replica ``to``: stop the primary, promote ``to``, point the
+        other replicas at it; returns once it accepts writes and they stream from it.
+
+        The old primary stays stopped (its data is removed by ``stop()``).
+        ``primary_url`` and ``replica_urls`` change as for ``promote``.
+        """
+        runtime = self._require()
+        target = self._replica(to)
+        old = self._primary()
+        # A fast shutdown first sends every WAL record to the connected replicas,
+        # so none of them is ahead of the one promoted.
+        runtime.stop_node(old)
+        self._promote(target)
+        others = [n for n in self._standbys() if n.upstream == old.name]
+        with self._connect(target) as conn:
+            for node in others:
+                conn.execute(
+                    "SELECT pg_create_physical_replication_slot(%s, true)"
+                    " WHERE NOT EXISTS (SELECT FROM pg_replication_slots WHERE slot_name = %s)",
+                    [node.slot, node.slot],
+                )
+        for node in others:
+            self._follow(node, target)
+        for i, node in enumerate(self._standbys()):
+            if node in others and node.running:
+                self._wait_streaming(i)
 
     # -- internals
 
@@ -641,11 +699,78 @@ class LocalCluster:
     def _nodes(self) -> list[_Node]:
         return self._require().nodes
 
+    def _node(self, name: str) -> _Node:
+        return next(n for n in self._nodes() if n.name == name)
+
+    def _primary(self) -> _Node:
+        return next(n for n in self._nodes() if n.role == "primary")
+
+    def _standbys(self) -> list[_Node]:
+        return [n for n in self._nodes() if n.role == "standby"]
+
     def _replica(self, i: int) -> _Node:
-        replicas = self._nodes()[1:]
-        if not isinstance(i, int) or not 0 <= i < len(replicas):
+        replicas = self._standbys()
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(replicas):
             raise IndexError(f"no replica {i!r}: this cluster has {len(replicas)} replica(s)")
         return replicas[i]
+
+    def _flushed_position(self, node: _Node) -> str:
+        """The end of ``node``'s WAL once all of it is flushed (and so sent to replicas).
+
+        Not ``pg_current_wal_insert_lsn()``: on an idle server it stays past the
+        last record (after a page header) until the next one, which may come 15 s
+        later. A tiny synchronously committed transaction flushes every earlier
+        record, asynchronous commits included; its own end is then the target.
+        It must write WAL (a logical decoding message, which nothing reads here):
+        a transaction that wrote none commits asynchronously whatever the setting.
+        """
+        with self._connect(node) as conn:
+            with conn.transaction():
+                conn.execute("SET LOCAL synchronous_commit = on")
+                conn.execute("SELECT pg_logical_emit_message(true, 'pgfast', '')")
+            row = conn.execute("SELECT pg_current_wal_flush_lsn()::text").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def _promote(self, node: _Node) -> None:
+        """Promote the standby ``node`` and make it the primary once it takes writes."""
+        if not node.running:
+            raise ClusterError(f"{node.name} is stopped: start it before promoting it")
+        self._require().pg_ctl(node, "promote")
+
+        def writable() -> bool | None:
+            with self._connect(node) as conn:
+                # Assigning a transaction id fails until the server accepts writes.
+                conn.execute("SELECT txid_current()")
+            return True
+
+        try:
+            _poll(f"{node.name} to accept writes", writable, START_TIMEOUT)
+        except ClusterError as exc:
+            raise ClusterError(f"{exc}\n--- log tail ---\n{node.log_tail()}") from None
+        old = self._primary()
+        old.role = "former"
+        node.role, node.paused = "primary", False
+
+    def _follow(self, node: _Node, upstream: _Node) -> None:
+        """Point the standby ``node`` at ``upstream`` (applied by a reload when running)."""
+        runtime = self._require()
+        auto = node.data / "postgresql.auto.conf"
+        conninfo = (
+            f"host=127.0.0.1 port={upstream.port} user={ROLE} password={self._password} "
+            f"application_name={node.name}"
+        )
+        kept = [
+            line
+            for line in auto.read_text().splitlines()
+            if not line.startswith(("primary_conninfo", "primary_slot_name"))
+        ]
+        kept += [f"primary_conninfo = '{conninfo}'", f"primary_slot_name = '{node.slot}'"]
+        _write(auto, "\n".join(kept) + "\n", runtime.run_as)
+        node.upstream = upstream.name
+        if node.running:
+            # PostgreSQL 13 and later apply a new primary_conninfo on reload.
+            runtime.pg_ctl(node, "reload")
 
     def _url(self, node: _Node) -> str:
         password = quote(self._password, safe="")
@@ -692,8 +817,8 @@ class LocalCluster:
             raise ClusterError(f"{exc}\n--- log tail ---\n{node.log_tail()}") from None
 
     def _basebackup(self, node: _Node, i: int) -> None:
-        runtime, primary = self._require(), self._nodes()[0]
-        slot = f"pgfast_replica{i}"
+        runtime, primary = self._require(), self._primary()
+        slot = node.slot
         with self._connect(primary) as conn:
             # A slot left over from an earlier start of this replica would make -C fail.
             conn.execute(
@@ -725,7 +850,8 @@ class LocalCluster:
         )
 
     def _wait_streaming(self, i: int) -> None:
-        node, primary = self._replica(i), self._nodes()[0]
+        node = self._replica(i)
+        primary = self._node(node.upstream)
 
         def streaming() -> bool | None:
             with self._connect(node) as conn:
@@ -737,11 +863,11 @@ class LocalCluster:
                     "SELECT r.state FROM pg_replication_slots s"
                     " JOIN pg_stat_replication r ON r.pid = s.active_pid"
                     " WHERE s.slot_name = %s",
-                    [f"pgfast_replica{i}"],
+                    [node.slot],
                 ).fetchone()
             return True if row == ("streaming",) else None
 
         try:
-            _poll(f"{node.name} to stream from the primary", streaming, START_TIMEOUT)
+            _poll(f"{node.name} to stream from {primary.name}", streaming, START_TIMEOUT)
         except ClusterError as exc:
             raise ClusterError(f"{exc}\n--- log tail ---\n{node.log_tail()}") from None
