@@ -75,9 +75,12 @@ _runs: dict[str, PageRun] = {}
 
 
 def _run_block(block: Block, namespace: dict[str, Any]) -> None:
-    # Leading newlines make tracebacks point at the Markdown line.
+    # Leading newlines make tracebacks point at the Markdown line. dont_inherit:
+    # the examples run as a user's file would, without this module's
+    # `from __future__ import annotations` (dataclasses would then look up a
+    # "__docs__" module to resolve their string annotations).
     source = "\n" * (block.line - 1) + block.code
-    exec(compile(source, str(DOCS / block.page), "exec"), namespace)
+    exec(compile(source, str(DOCS / block.page), "exec", dont_inherit=True), namespace)
 
 
 @pytest.fixture

