@@ -406,11 +406,13 @@ class _Queryable(BulkMixin):
                     conn, f"pgfast_stream_{next(_cursor_numbers)}", row_factory=tuple_row
                 )
                 try:
-                    pool._declare(cur, q, text, params)
+                    with pool._deadline(conn):
+                        pool._declare(cur, q, text, params)
                     names = _names(cur.pgresult, conn) if pool._row_dicts else None
                     try:
                         while True:
-                            batch = cur.fetchmany(batch_size)
+                            with pool._deadline(conn):
+                                batch = cur.fetchmany(batch_size)
                             if not batch:
                                 break
                             yield from batch if names is None else _dicts(names, batch)
@@ -904,6 +906,24 @@ class ConnectionPool(_Queryable):
             )
         return exc
 
+    @contextmanager
+    def _deadline(self, conn: _PgConnection) -> Iterator[None]:
+        """``query_timeout`` around one step that commits nothing (a stream's fetches)."""
+        timeout = self._query_timeout
+        if timeout is None:
+            yield
+            return
+        deadline = arm_deadline(conn.pgconn, timeout)
+        try:
+            yield
+        except psycopg.Error as exc:
+            outcome = self._outcome(exc, conn, deadline, False)
+            if outcome is exc:
+                raise
+            raise outcome from exc
+        finally:
+            self._end_deadline(conn, deadline)
+
     def _end_deadline(self, conn: _PgConnection, deadline: Deadline) -> None:
         disarm_deadline(deadline)
         if deadline.fired:
@@ -918,6 +938,9 @@ class ConnectionPool(_Queryable):
         self._queries += len(queries)
         cursors: list[RawCursor[Any]] = []
         started = 0
+        timeout = self._query_timeout
+        deadline = None if timeout is None else arm_deadline(conn.pgconn, timeout)
+        idle = conn.pgconn.transaction_status == IDLE
         try:
             # One round trip: psycopg's pipeline mode, inside one transaction
             # (a savepoint when the connection is already in one).
@@ -948,7 +971,15 @@ class ConnectionPool(_Queryable):
                         text, params = formatted[i]
                         hook = self._on_query_error
                         safe_call(hook, "on_query_error", queries[i], text, params, exc)
-            raise
+            # Run in one transaction: lost at its COMMIT, it may have committed.
+            writes = idle and not all(is_read_only_text(text) for text, _ in formatted)
+            outcome = self._outcome(exc, conn, deadline, writes)
+            if outcome is exc:
+                raise
+            raise outcome from exc
+        finally:
+            if deadline is not None:
+                self._end_deadline(conn, deadline)
         results = []
         for cur in cursors:
             result = cur.pgresult

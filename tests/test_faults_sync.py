@@ -165,6 +165,22 @@ def test_query_timeout_in_a_transaction_on_a_stalled_link(
     assert proxied.query_value(sql("SELECT {}::int", 3)) == 3
 
 
+def test_query_timeout_covers_batches_and_stream_fetches(pg_url: str) -> None:
+    with create_pool(pg_url, pool_size=1, query_timeout=0.3) as db:
+        with pytest.raises(QueryTimeoutError):
+            db.query([sql("SELECT {}::int", 1), sql("SELECT pg_sleep(5)")])
+        rows = sql(
+            "SELECT g, pg_sleep(CASE WHEN g = 3 THEN 5 ELSE 0 END) FROM generate_series(1, 4) g"
+        )
+        seen = []
+        with pytest.raises(QueryTimeoutError):
+            for row in db.query_stream(rows, batch_size=1):
+                seen.append(row["g"])
+        assert seen == [1, 2]
+        assert db.query_value(sql("SELECT {}::int", 5)) == 5
+        assert db.stats()["in_use"] == 0
+
+
 def test_query_timeout_cancels_a_slow_statement(pg_url: str) -> None:
     with create_pool(pg_url, pool_size=1, query_timeout=0.3) as db:
         pid = db.query_value(sql("SELECT pg_backend_pid()"))
