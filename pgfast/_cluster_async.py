@@ -28,7 +28,7 @@ from collections.abc import (
 )
 from contextlib import AbstractAsyncContextManager, aclosing, asynccontextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import generators
@@ -486,6 +486,7 @@ class AsyncCluster:
             return await self._write(op, started, rerun)
         exclude = 0
         while (j := await self._pick(exclude)) >= 0:
+            result = cast(T, None)  # op's result, once it returned
             try:
                 async with self._pools[j].connection() as conn:
                     pgconn = _pgconn(conn)
@@ -495,6 +496,10 @@ class AsyncCluster:
                         result = await op(conn)
                     finally:
                         state.untrack(j, pgconn)
+            except PostCommitError as exc:
+                # A read-only transaction's steps run when its connection is handed back.
+                exc.result = result
+                raise
             except Exception as exc:
                 failure = classify_failure(exc)
                 if failure is Failure.QUERY_ERROR:
@@ -659,7 +664,7 @@ class AsyncCluster:
         try:
             if self._state.read_your_writes:
                 if exc is None:
-                    await self._record_write(conn)
+                    await self._record_committed_write(conn)
                 else:
                     # The block may have committed writes before it failed.
                     with contextlib.suppress(Exception):
@@ -735,12 +740,37 @@ class AsyncCluster:
         finally:
             runner.hurry(-1)
 
+    async def _record_committed_write(self, conn: AsyncConnection) -> None:
+        """Record the position of a write that committed; it must not fail the write.
+
+        When its own connection cannot tell (lost right after the commit),
+        any other connection of the primary can: its current position is at
+        or past the commit.
+        """
+        try:
+            await self._record_write(conn)
+            return
+        except Exception as exc:
+            failure: Exception = exc
+        try:
+            async with conn._pool_ref.connection() as other:
+                await self._record_write(other)
+        except Exception as exc:
+            logger.warning(
+                "pgfast: the position of a committed write could not be read (%s, then %s): "
+                "reads may not see it until a replica catches up",
+                failure,
+                exc,
+            )
+
     async def _record_write(self, conn: AsyncConnection) -> None:
+        pool = conn._pool_ref
         async with conn._raw_connection() as raw:
             if raw.closed or raw.pgconn.transaction_status != IDLE:
                 return
-            cur = await raw.execute(WRITE_LSN_SQL)
-            row = await cur.fetchone()
+            async with pool._deadline(raw):  # type: ignore[arg-type]
+                cur = await raw.execute(WRITE_LSN_SQL)
+                row = await cur.fetchone()
         self._state.wrote(None if row is None else row[0])
 
     # -- health --------------------------------------------------------------

@@ -304,11 +304,15 @@ class ClusterState:
         Whoever marks the node down afterwards cuts ``pgconn``; a caller told
         False (marked down before this call) abandons the read itself.
         """
-        self._reads[j].add(pgconn)
+        # Under the lock, like the cut in mark_down: a connection is never cut
+        # once its read has untracked it (and it may serve someone else).
+        with self._lock:
+            self._reads[j].add(pgconn)
         return bool(self.selector.is_up(j))
 
     def untrack(self, j: int, pgconn: Any) -> None:
-        self._reads[j].discard(pgconn)
+        with self._lock:
+            self._reads[j].discard(pgconn)
 
     # -- roles ---------------------------------------------------------------
 
@@ -515,8 +519,9 @@ class ClusterState:
             self.answers[j] = f"down ({reason})"
             previous = self._elect()
         if cut_reads:
-            for pgconn in self._reads[j].copy():
-                sever(pgconn)
+            with self._lock:  # sever() never blocks
+                for pgconn in self._reads[j]:
+                    sever(pgconn)
         if was_up:
             logger.warning("pgfast: %s left rotation: %s", self.names[j], reason)
         if previous is not None:

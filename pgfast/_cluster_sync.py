@@ -28,7 +28,7 @@ from collections.abc import (
 )
 from contextlib import AbstractContextManager, closing, contextmanager
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import psycopg
 from psycopg import generators
@@ -478,6 +478,7 @@ class Cluster:
             return self._write(op, started, rerun)
         exclude = 0
         while (j := self._pick(exclude)) >= 0:
+            result = cast(T, None)  # op's result, once it returned
             try:
                 with self._pools[j].connection() as conn:
                     pgconn = _pgconn(conn)
@@ -487,6 +488,10 @@ class Cluster:
                         result = op(conn)
                     finally:
                         state.untrack(j, pgconn)
+            except PostCommitError as exc:
+                # A read-only transaction's steps run when its connection is handed back.
+                exc.result = result
+                raise
             except Exception as exc:
                 failure = classify_failure(exc)
                 if failure is Failure.QUERY_ERROR:
@@ -645,7 +650,7 @@ class Cluster:
         try:
             if self._state.read_your_writes:
                 if exc is None:
-                    self._record_write(conn)
+                    self._record_committed_write(conn)
                 else:
                     # The block may have committed writes before it failed.
                     with contextlib.suppress(Exception):
@@ -721,12 +726,37 @@ class Cluster:
         finally:
             runner.hurry(-1)
 
+    def _record_committed_write(self, conn: Connection) -> None:
+        """Record the position of a write that committed; it must not fail the write.
+
+        When its own connection cannot tell (lost right after the commit),
+        any other connection of the primary can: its current position is at
+        or past the commit.
+        """
+        try:
+            self._record_write(conn)
+            return
+        except Exception as exc:
+            failure: Exception = exc
+        try:
+            with conn._pool_ref.connection() as other:
+                self._record_write(other)
+        except Exception as exc:
+            logger.warning(
+                "pgfast: the position of a committed write could not be read (%s, then %s): "
+                "reads may not see it until a replica catches up",
+                failure,
+                exc,
+            )
+
     def _record_write(self, conn: Connection) -> None:
+        pool = conn._pool_ref
         with conn._raw_connection() as raw:
             if raw.closed or raw.pgconn.transaction_status != IDLE:
                 return
-            cur = raw.execute(WRITE_LSN_SQL)
-            row = cur.fetchone()
+            with pool._deadline(raw):  # type: ignore[arg-type]
+                cur = raw.execute(WRITE_LSN_SQL)
+                row = cur.fetchone()
         self._state.wrote(None if row is None else row[0])
 
     # -- health --------------------------------------------------------------

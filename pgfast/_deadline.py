@@ -13,6 +13,7 @@ not set.
 from __future__ import annotations
 
 import heapq
+import os
 import threading
 from itertools import count
 from time import monotonic
@@ -23,18 +24,19 @@ from ._sever import sever
 
 # How long the server has to confirm a cancel before the link counts as stalled.
 CONFIRM_WITHIN = 1.0
-_ARMED, _CANCELLED, _SEVERED, _DONE = 0, 1, 2, 3
+_ARMED, _CANCELLED, _SEVERED = 0, 1, 2
 
 
 class Deadline:
-    """One statement's deadline; ``fired`` once the cancel was sent, ``severed``
-    once the link was cut."""
+    """One statement's deadline: ``fired`` once the cancel was sent, ``severed``
+    once the link was cut, ``ended`` once disarmed (what it did stays known)."""
 
-    __slots__ = ("cancel_sent", "pgconn", "state")
+    __slots__ = ("cancel_sent", "ended", "pgconn", "state")
 
     def __init__(self, pgconn: Any) -> None:
         self.pgconn = pgconn
         self.state = _ARMED
+        self.ended = False
         self.cancel_sent: threading.Event | None = None
 
     @property
@@ -57,6 +59,13 @@ class Deadline:
 
 class _Watchdog:
     def __init__(self) -> None:
+        self._reset()
+        # A forked child has none of the parent's threads, and the lock may
+        # have been held at the fork: it starts afresh.
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._reset)
+
+    def _reset(self) -> None:
         self._cond = threading.Condition(threading.Lock())
         self._heap: list[tuple[float, int, Deadline]] = []
         self._live = 0
@@ -71,7 +80,7 @@ class _Watchdog:
             # Ended deadlines stay in the heap until they expire: drop them in
             # bulk when they outnumber the live ones.
             if len(heap) > 64 and len(heap) > 4 * self._live:
-                heap[:] = [entry for entry in heap if entry[2].state != _DONE]
+                heap[:] = [entry for entry in heap if not entry[2].ended]
                 heapq.heapify(heap)
             heapq.heappush(heap, (when, next(self._order), deadline))
             self._live += 1
@@ -87,8 +96,8 @@ class _Watchdog:
     def disarm(self, deadline: Deadline) -> None:
         """The statement ended: the deadline no longer acts on its connection."""
         with self._cond:
-            if deadline.state != _DONE:
-                deadline.state = _DONE
+            if not deadline.ended:
+                deadline.ended = True
                 self._live -= 1
 
     def _run(self) -> None:
@@ -105,7 +114,7 @@ class _Watchdog:
                         self._cond.wait(delay)
                         continue
                     heapq.heappop(heap)
-                    if deadline.state == _DONE:
+                    if deadline.ended:
                         continue
                     break
                 # Acting under the lock keeps ``disarm`` from returning while

@@ -140,7 +140,8 @@ class _PgConnection(psycopg.AsyncConnection[Any]):
         Ctrl-C). The request goes out from another thread; when the statement
         has not ended a second later, the link is cut (see ``_deadline``).
         """
-        if not self.closed and self._pgfast_cancel is None:
+        pending = self._pgfast_cancel
+        if not self.closed and (pending is None or pending.ended):
             self._pgfast_cancel = arm_deadline(self.pgconn, 0.0)
 
     async def cancel_safe(self, *, timeout: float = 30.0) -> None:
@@ -838,6 +839,8 @@ class AsyncConnectionPool(_AsyncQueryable):
     ) -> Any:
         """Run one statement; ``sent``: in a transaction, all the parameters sent in it."""
         self._queries += 1
+        if conn._pgfast_cancel is not None:
+            conn._pgfast_settle()  # an interrupted statement before this one has ended
         if self._on_query_start is not None:
             safe_call(self._on_query_start, "on_query_start", q, text, params)
         cur = AsyncRawCursor(conn, row_factory=tuple_row)
@@ -1014,6 +1017,8 @@ class AsyncConnectionPool(_AsyncQueryable):
 
     async def _declare(self, cur: Any, q: SQLQuery, text: str, params: list[Any]) -> None:
         self._queries += 1
+        if cur.connection._pgfast_cancel is not None:
+            cur.connection._pgfast_settle()
         if self._on_query_start is not None:
             safe_call(self._on_query_start, "on_query_start", q, text, params)
         try:

@@ -69,33 +69,42 @@ def input_waiting(fd: int) -> Callable[[], bool]:
     return lambda: bool(select.select([fd], [], [], 0)[0])  # Windows: no poll()
 
 
-# Login refusals that a later attempt may not meet: the server is starting or
-# stopping, or has no free connection slot. Any other refusal by the server
-# (password, database, role, pg_hba) would only repeat.
-_TRANSIENT_LOGIN_FAILURES = (
+# Connection failures a later attempt may not meet: the network's (refused,
+# reset, timed out, unreachable, cut mid-login) and the server's temporary
+# refusals (starting or stopping, no free connection slot). Any other failure
+# (a password, database, role, pg_hba or TLS refusal, a missing password)
+# would only repeat. libpq gives connection failures no SQLSTATE, so its
+# (English) words are all there is to go by; a failure not recognised here
+# reaches the callers at once, as it did without retries.
+_TRANSIENT_CONNECT_FAILURES = (
+    "refused",
+    "reset by peer",
+    "timeout expired",
+    "timed out",
+    "unreachable",
+    "no route to host",
+    "closed the connection unexpectedly",
+    "could not receive data",
+    "could not send data",
+    "could not send startup packet",
+    "ssl syscall error",
+    "eof detected",
     "starting up",
     "shutting down",
     "not yet accepting",
-    "recovery",
-    "too many",
+    "in recovery mode",
+    "too many clients",
+    "too many connections",
     "remaining connection slots",
 )
 
 
 def retry_connect(exc: BaseException) -> bool:
-    """Whether a failed connection attempt is worth another one.
-
-    libpq reports connection failures without an SQLSTATE: a failure the
-    server did not explain (refused, reset, timed out, unreachable) is the
-    network's, and worth retrying; a server's FATAL is retried only when it
-    says the refusal is temporary.
-    """
+    """Whether a failed connection attempt is worth another one."""
     if not isinstance(exc, psycopg.OperationalError):
         return False
-    message = str(exc)
-    if "FATAL:" not in message:
-        return True
-    return any(words in message for words in _TRANSIENT_LOGIN_FAILURES)
+    message = str(exc).lower()
+    return any(words in message for words in _TRANSIENT_CONNECT_FAILURES)
 
 
 class ClientPrepareManager(PrepareManager):

@@ -147,7 +147,7 @@ def test_delay_adds_latency_each_way(proxy: FaultProxy, pg_url: str) -> None:
         proxy.delay(0)
         start = time.monotonic()
         value(conn, "SELECT 1")
-        assert time.monotonic() - start < 0.1
+        assert time.monotonic() - start < 0.2  # the delay is gone: well under 2 x 0.1 s
 
 
 def test_stall_holds_bytes_until_resume(proxy: FaultProxy, pg_url: str) -> None:
