@@ -870,3 +870,14 @@ def test_many_clusters_leave_nothing_behind() -> None:
     assert len(contextvars.copy_context()) <= variables + 1
     assert all(ref() is None for ref in refs)
     assert grown < 200_000, grown
+
+
+def test_post_commit_error_of_a_replica_transaction_carries_its_result(db: Cluster) -> None:
+    def work(tx: Any) -> Any:
+        tx.add_post_commit_step(lambda: 1 / 0)
+        return tx.query_value(sql("SELECT 41 + 1"))
+
+    with pytest.raises(pgfast.PostCommitError) as info:
+        db.tx(work, read_only=True)
+    assert info.value.result == 42
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
