@@ -22,7 +22,7 @@ import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, overload
+from typing import TYPE_CHECKING, Any, Literal, overload
 
 import psycopg
 from psycopg.pq import DiagnosticField, ExecStatus
@@ -293,6 +293,22 @@ class ClusterState:
                 "no replica can serve this read (all are down or too far behind) and "
                 "fallback_to_primary is False"
             )
+
+    def fallback_reason(self, exclude: int) -> str:
+        """Why a read goes to the primary (for tracing): ``"read_your_writes"`` when a
+        close enough replica has not replayed this context's writes, ``"lag"`` when
+        every replica answering is too far behind, else ``"fallback"`` (none answers)."""
+        up = [
+            j
+            for j in range(self.count)
+            if self._readers >> j & 1 and not exclude >> j & 1 and self.selector.is_up(j)
+        ]
+        close = [j for j in up if self._lag_ok >> j & 1]
+        if close and self.token():
+            return "read_your_writes"
+        if up and not close:
+            return "lag"
+        return "fallback"
 
     def count_query(self, j: int) -> None:
         with self._lock:
@@ -792,6 +808,10 @@ class HealthRunner:
             thread.join(self._stop_timeout)
 
 
+# How reads are spread over the replicas (checked at run time too).
+Balance = Literal["round_robin", "random", "least_busy"]
+
+
 def _check_options(
     balance: str,
     max_replica_lag: float | None,
@@ -819,7 +839,7 @@ def create_cluster(
     primary: ConnectionPool,
     replicas: Sequence[ConnectionPool],
     *,
-    balance: str = ...,
+    balance: Balance = ...,
     max_replica_lag: float | None = ...,
     read_your_writes: bool = ...,
     fallback_to_primary: bool = ...,
@@ -833,7 +853,7 @@ def create_cluster(
     primary: AsyncConnectionPool,
     replicas: Sequence[AsyncConnectionPool],
     *,
-    balance: str = ...,
+    balance: Balance = ...,
     max_replica_lag: float | None = ...,
     read_your_writes: bool = ...,
     fallback_to_primary: bool = ...,
@@ -846,7 +866,7 @@ def create_cluster(
     primary: Any,
     replicas: Sequence[Any],
     *,
-    balance: str = "round_robin",
+    balance: Balance = "round_robin",
     max_replica_lag: float | None = None,
     read_your_writes: bool = False,
     fallback_to_primary: bool = True,

@@ -132,6 +132,8 @@ class Cluster:
         self._interval = health_check_interval
         self._failover_timeout = failover_timeout
         self._closed = False
+        # Set by pgfast.otel: told why each operation goes where it goes (a routing reason).
+        self._on_route: Callable[[str], None] | None = None
         self._probe_timeout = probe_timeout(health_check_interval)
         # Nodes that refused STATUS_SQL are probed with ROLE_SQL.
         self._role_only = [False] * len(pools)
@@ -192,6 +194,8 @@ class Cluster:
         if self._is_read(q):
             exclude = 0
             while (j := self._pick(exclude)) >= 0:
+                if self._on_route is not None:
+                    self._on_route("read")
                 started = False
                 try:
                     block, conn, pgconn = self._enter_node(j)
@@ -221,6 +225,10 @@ class Cluster:
                     self._state.selector.release(j)
             else:
                 self._state.no_replica()
+                if self._on_route is not None:
+                    self._on_route(self._state.fallback_reason(exclude))
+        elif self._on_route is not None:
+            self._on_route("write")
         clock = _FailoverClock(self._failover_timeout)
         while True:
             j, block, conn = self._enter_primary(clock)
@@ -289,6 +297,8 @@ class Cluster:
         if on_replica:
             exclude = 0
             while (j := self._pick(exclude)) >= 0:
+                if self._on_route is not None:
+                    self._on_route("read")
                 try:
                     block, conn, pgconn = self._enter_node(j)
                 except BaseException as exc:  # a cancellation too must release it
@@ -339,6 +349,10 @@ class Cluster:
                 return
             else:
                 self._state.no_replica()
+                if self._on_route is not None:
+                    self._on_route(self._state.fallback_reason(exclude))
+        elif self._on_route is not None:
+            self._on_route("write")
         writer, block, conn = self._enter_primary(_FailoverClock(self._failover_timeout))
         self._state.count_query(writer)
         try:
@@ -478,6 +492,8 @@ class Cluster:
             return self._write(op, started, rerun)
         exclude = 0
         while (j := self._pick(exclude)) >= 0:
+            if self._on_route is not None:
+                self._on_route("read")
             result = cast(T, None)  # op's result, once it returned
             try:
                 with self._pools[j].connection() as conn:
@@ -512,6 +528,8 @@ class Cluster:
             state.count_query(j)
             return result
         state.no_replica()
+        if self._on_route is not None:
+            self._on_route(state.fallback_reason(exclude))
         writer = state.writer if state.writer >= 0 else state.primary
         state.count_query(writer)
         return op(self._pools[writer])
@@ -601,6 +619,8 @@ class Cluster:
     def _write(self, op: Operation[T], started: Callable[[], bool] | None, rerun: bool) -> T:
         """Run ``op`` on the primary; through a failover, once nothing was written."""
         clock = _FailoverClock(self._failover_timeout)
+        if self._on_route is not None:
+            self._on_route("write")
         while True:
             j, block, conn = self._enter_primary(clock)
             self._state.count_query(j)
@@ -642,6 +662,8 @@ class Cluster:
                 if not self._await_primary(j, exc, clock, same_node=not busy):
                     raise
                 continue
+            if self._on_route is not None and clock.deadline is not None:
+                self._on_route("failover")  # this write waited for a primary
             return j, block, conn
 
     def _leave(self, block: Checkout, conn: Connection, exc: BaseException | None) -> None:

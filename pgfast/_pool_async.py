@@ -448,6 +448,8 @@ class AsyncConnectionPool(_AsyncQueryable):
         self._on_query_start = opts.on_query_start
         self._on_query_results = opts.on_query_results
         self._on_query_error = opts.on_query_error
+        # Set by pgfast.otel: told (block, "begin" / "end" / "retry", error) of each transaction.
+        self._on_transaction: Callable[[object, str, BaseException | None], None] | None = None
         self._on_error = opts.on_error
         self._max_uses = opts.max_uses
         self._queue_timeout = float(opts.queue_timeout)
@@ -1141,6 +1143,8 @@ async def _run_tx(
         except psycopg.Error as exc:
             if attempt == attempts or exc.sqlstate not in RETRYABLE_TX:
                 raise
+            if block._pool._on_transaction is not None:
+                block._pool._on_transaction(block, "retry", exc)
             logger.info("pgfast: retrying a transaction (attempt %d): %s", attempt + 1, exc)
         await asyncio.sleep(backoff(attempt))
     raise AssertionError("unreachable")  # pragma: no cover
@@ -1296,9 +1300,13 @@ class _AsyncTransactionBlock:
         else:
             assert self._begin is not None
             statement = self._begin
+            if self._pool._on_transaction is not None:
+                self._pool._on_transaction(self, "begin", None)
         try:
             await self._pool._control(conn, statement, sent)
-        except BaseException:
+        except BaseException as error:
+            if self._pool._on_transaction is not None:
+                self._pool._on_transaction(self, "end", error)
             if parent is None:
                 await self._pool._release(conn)
             raise
@@ -1331,7 +1339,12 @@ class _AsyncTransactionBlock:
                     # Keep the user's exception; a broken connection is
                     # discarded by the pool on release.
                     logger.warning("pgfast: ROLLBACK failed: %s", failure)
+        except BaseException as error:
+            exc = error  # the transaction's outcome, for the end hook
+            raise
         finally:
+            if self._pool._on_transaction is not None:
+                self._pool._on_transaction(self, "end", exc)
             if parent is None:
                 await self._pool._release(conn)
         if exc is None:

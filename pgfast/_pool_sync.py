@@ -446,6 +446,8 @@ class ConnectionPool(_Queryable):
         self._on_query_start = opts.on_query_start
         self._on_query_results = opts.on_query_results
         self._on_query_error = opts.on_query_error
+        # Set by pgfast.otel: told (block, "begin" / "end" / "retry", error) of each transaction.
+        self._on_transaction: Callable[[object, str, BaseException | None], None] | None = None
         self._on_error = opts.on_error
         self._max_uses = opts.max_uses
         self._queue_timeout = float(opts.queue_timeout)
@@ -1119,6 +1121,8 @@ def _run_tx(block: _TransactionBlock, fn: Callable[[Transaction], T], attempts: 
         except psycopg.Error as exc:
             if attempt == attempts or exc.sqlstate not in RETRYABLE_TX:
                 raise
+            if block._pool._on_transaction is not None:
+                block._pool._on_transaction(block, "retry", exc)
             logger.info("pgfast: retrying a transaction (attempt %d): %s", attempt + 1, exc)
         time.sleep(backoff(attempt))
     raise AssertionError("unreachable")  # pragma: no cover
@@ -1272,9 +1276,13 @@ class _TransactionBlock:
         else:
             assert self._begin is not None
             statement = self._begin
+            if self._pool._on_transaction is not None:
+                self._pool._on_transaction(self, "begin", None)
         try:
             self._pool._control(conn, statement, sent)
-        except BaseException:
+        except BaseException as error:
+            if self._pool._on_transaction is not None:
+                self._pool._on_transaction(self, "end", error)
             if parent is None:
                 self._pool._release(conn)
             raise
@@ -1307,7 +1315,12 @@ class _TransactionBlock:
                     # Keep the user's exception; a broken connection is
                     # discarded by the pool on release.
                     logger.warning("pgfast: ROLLBACK failed: %s", failure)
+        except BaseException as error:
+            exc = error  # the transaction's outcome, for the end hook
+            raise
         finally:
+            if self._pool._on_transaction is not None:
+                self._pool._on_transaction(self, "end", exc)
             if parent is None:
                 self._pool._release(conn)
         if exc is None:

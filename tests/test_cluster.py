@@ -161,7 +161,7 @@ def test_create_cluster_checks_its_arguments() -> None:
     with pytest.raises(ValueError, match="at most 63 replicas, got 64"):
         create_cluster(sync_pools[0], [sync_pools[1]] * 64)
     with pytest.raises(ValueError, match="balance must be one of"):
-        create_cluster(sync_pools[0], sync_pools[1:], balance="fastest")
+        create_cluster(sync_pools[0], sync_pools[1:], balance="fastest")  # type: ignore[call-overload]
     for bad in (0, -1, "1", True):
         with pytest.raises(ValueError, match="max_replica_lag"):
             create_cluster(sync_pools[0], sync_pools[1:], max_replica_lag=bad)  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-CLUSTER_PAGES = frozenset({"clusters.md"})
+CLUSTER_PAGES = frozenset({"clusters.md", "observability.md"})
 FENCE = re.compile(r"^```(\S*)\s*$")
 LINK = re.compile(r"\]\(([^)#\s]+)(?:#[^)]*)?\)")
 

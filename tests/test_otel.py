@@ -4,8 +4,11 @@ against a real server."""
 from __future__ import annotations
 
 import asyncio
+import itertools
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +16,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk", reason="the otel extra's test dependencies")
 
+from opentelemetry import trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
@@ -328,3 +332,305 @@ async def test_a_cancelled_query_ends_its_span(pg_url: str, telemetry: Telemetry
             await asyncio.wait_for(db.query(sql("SELECT pg_sleep(5)")), 0.2)
         (span,) = telemetry.spans()
         assert span.status.status_code == StatusCode.ERROR
+
+
+# -- transactions --------------------------------------------------------------------------
+
+
+def _by_id(spans: list[ReadableSpan]) -> dict[int, ReadableSpan]:
+    return {s.context.span_id: s for s in spans}
+
+
+def _children(spans: list[ReadableSpan], parent: ReadableSpan) -> list[ReadableSpan]:
+    return [s for s in spans if s.parent is not None and s.parent.span_id == parent.context.span_id]
+
+
+def test_a_transaction_is_the_parent_of_its_statements(pg_url: str, telemetry: Telemetry) -> None:
+    tracer = telemetry.tracer_provider.get_tracer("app")
+    port = int(pg_url.rsplit(":", 1)[1].split("/")[0])
+    with pgfast.create_pool(pg_url) as db:
+        telemetry.instrument(db)
+        with tracer.start_as_current_span("request") as request:
+            with db.transaction(isolation_level="repeatable_read", read_only=True) as tx:
+                tx.query(sql("SELECT {}::text", SECRET))
+                with tx.transaction() as savepoint:  # no span of its own
+                    savepoint.query(sql("SELECT 2"))
+            db.query(sql("SELECT 3"))  # after the block: no child of it
+        spans = telemetry.spans()
+        (transaction,) = [s for s in spans if s.name.startswith("TRANSACTION")]
+        assert transaction.name == "TRANSACTION postgres"
+        assert transaction.kind == SpanKind.INTERNAL
+        assert transaction.status.status_code == StatusCode.UNSET
+        assert transaction.parent is not None
+        assert transaction.parent.span_id == request.get_span_context().span_id
+        assert dict(transaction.attributes or {}) == {
+            "db.system.name": "postgresql",
+            "db.namespace": "postgres",
+            "server.address": "127.0.0.1",
+            "server.port": port,
+            "pgfast.transaction.isolation_level": "repeatable read",
+            "pgfast.transaction.read_only": True,
+            "pgfast.transaction.attempt": 1,
+        }
+        inside = _children(spans, transaction)
+        assert [(s.attributes or {})["db.query.text"] for s in inside] == [
+            "SELECT $1::text",
+            "SELECT 2",
+        ]
+        after = next(s for s in spans if (s.attributes or {}).get("db.query.text") == "SELECT 3")
+        assert after.parent is not None
+        assert after.parent.span_id == request.get_span_context().span_id
+        assert transaction.start_time is not None and transaction.end_time is not None
+        assert all(transaction.start_time <= (s.start_time or 0) for s in inside)
+        assert all((s.end_time or 0) <= transaction.end_time for s in inside)
+        _no_values([s for s in spans if s.name != "request"])
+
+
+def test_a_rolled_back_transaction_is_an_error(pg_url: str, telemetry: Telemetry) -> None:
+    with pgfast.create_pool(pg_url) as db:
+        telemetry.instrument(db)
+        with pytest.raises(ValueError), db.transaction(deferrable=False) as tx:
+            tx.query(sql("SELECT 1"))
+            raise ValueError(SECRET)
+        with pytest.raises(pgfast.errors.DivisionByZero):
+            db.tx(lambda tx: tx.query(sql("SELECT 1/0")))
+        first, second = [s for s in telemetry.spans() if s.name.startswith("TRANSACTION")]
+        assert first.status.status_code == StatusCode.ERROR
+        assert first.attributes is not None
+        assert first.attributes["error.type"] == "builtins.ValueError"
+        assert first.attributes["pgfast.transaction.deferrable"] is False
+        assert second.status.status_code == StatusCode.ERROR
+        assert second.attributes is not None and second.attributes["error.type"] == "22012"
+        (failed,) = _children(telemetry.spans(), second)
+        assert failed.attributes is not None and failed.attributes["error.type"] == "22012"
+        _no_values(telemetry.spans())
+
+
+def test_a_failed_begin_ends_its_transaction(pg_url: str, telemetry: Telemetry) -> None:
+    with pgfast.create_pool(pg_url) as db:
+        telemetry.instrument(db)
+        with pytest.raises(pgfast.errors.InvalidParameterValue), db.transaction(lock_timeout=1e9):
+            pass
+        (transaction,) = [s for s in telemetry.spans() if s.name.startswith("TRANSACTION")]
+        assert transaction.status.status_code == StatusCode.ERROR
+        (begin,) = _children(telemetry.spans(), transaction)
+        assert begin.name.startswith("BEGIN")
+
+
+async def test_a_retried_tx_is_a_span_per_attempt(pg_url: str, telemetry: Telemetry) -> None:
+    attempts: list[int] = []
+
+    async def fn(tx: pgfast.AsyncTransaction) -> int:
+        attempts.append(1)
+        value = await tx.query_value(sql("SELECT {}::int", len(attempts)))
+        if len(attempts) < 3:
+            raise pgfast.errors.SerializationFailure()  # retried like the server's own
+        return int(value)
+
+    async with pgfast.create_async_pool(pg_url) as db:
+        telemetry.instrument(db)
+        assert await db.tx(fn, isolation_level="serializable", retry_serialization_failures=3) == 3
+        spans = telemetry.spans()
+        transactions = [s for s in spans if s.name.startswith("TRANSACTION")]
+        assert len(transactions) == 3
+        for number, span in enumerate(transactions, 1):
+            attributes = dict(span.attributes or {})
+            assert attributes["pgfast.transaction.attempt"] == number
+            assert attributes["pgfast.transaction.isolation_level"] == "serializable"
+            (statement,) = _children(spans, span)
+            assert (statement.attributes or {})["db.operation.name"] == "SELECT"
+        assert [s.status.status_code for s in transactions] == [
+            StatusCode.ERROR,
+            StatusCode.ERROR,
+            StatusCode.UNSET,
+        ]
+        assert (transactions[0].attributes or {})["error.type"] == "40001"
+        assert not transactions[0].events
+        for previous, span in itertools.pairwise(transactions):
+            (event,) = span.events
+            assert event.name == "retry"
+            assert dict(event.attributes or {}) == {
+                "pgfast.transaction.attempt": (span.attributes or {})["pgfast.transaction.attempt"],
+                "db.response.status_code": "40001",
+            }
+            (link,) = span.links
+            assert link.context.span_id == previous.context.span_id
+
+
+async def test_a_server_serialization_failure_is_a_retry_event(
+    pg_url: str, telemetry: Telemetry
+) -> None:
+    async with pgfast.create_async_pool(pg_url, pool_size=2) as db:
+        await db.execute(sql("DROP TABLE IF EXISTS otel_skew"))
+        await db.execute(sql("CREATE TABLE otel_skew (k int, v int)"))
+        await db.execute(sql("INSERT INTO otel_skew VALUES (1, 10), (2, 20)"))
+        telemetry.instrument(db)
+        both_read = asyncio.Event()
+        reads = 0
+
+        def skew(mine: int, theirs: int) -> Any:
+            # Write skew: each reads what the other writes, then writes; the
+            # second to commit gets 40001 and is run again.
+            async def fn(tx: pgfast.AsyncTransaction) -> None:
+                nonlocal reads
+                total = await tx.query_value(
+                    sql("SELECT sum(v) FROM otel_skew WHERE k = {}", theirs)
+                )
+                reads += 1
+                if reads == 2:
+                    both_read.set()
+                await asyncio.wait_for(both_read.wait(), 10)
+                await tx.execute(sql("INSERT INTO otel_skew VALUES ({}, {})", mine, total))
+
+            return fn
+
+        await asyncio.gather(
+            db.tx(skew(1, 2), isolation_level="serializable", retry_serialization_failures=3),
+            db.tx(skew(2, 1), isolation_level="serializable", retry_serialization_failures=3),
+        )
+        otel.uninstrument(db)
+        await db.execute(sql("DROP TABLE otel_skew"))
+        transactions = [s for s in telemetry.spans() if s.name.startswith("TRANSACTION")]
+        assert len(transactions) == 3
+        failed = [s for s in transactions if s.status.status_code == StatusCode.ERROR]
+        assert len(failed) == 1 and (failed[0].attributes or {})["error.type"] == "40001"
+        (retried,) = [s for s in transactions if s.events]
+        assert [e.name for e in retried.events] == ["retry"]
+        assert (retried.events[0].attributes or {})["db.response.status_code"] == "40001"
+        assert (retried.attributes or {})["pgfast.transaction.attempt"] == 2
+
+
+def test_hooks_are_none_until_instrumented(pg_url: str, telemetry: Telemetry) -> None:
+    with pgfast.create_pool(pg_url) as db:
+        assert db._on_transaction is None
+        telemetry.instrument(db)
+        assert db._on_transaction is not None
+        otel.uninstrument(db)
+        assert db._on_transaction is None
+        with db.transaction() as tx:
+            tx.query(sql("SELECT 1"))
+        assert telemetry.spans() == []
+
+
+def test_uninstrument_ends_an_open_transaction(pg_url: str, telemetry: Telemetry) -> None:
+    with pgfast.create_pool(pg_url) as db:
+        telemetry.instrument(db)
+        with db.transaction() as tx:
+            tx.query(sql("SELECT 1"))
+            otel.uninstrument(db)
+            assert db._on_transaction is not None  # until the open transaction ends
+            with db.transaction() as other:  # none begins
+                other.query(sql("SELECT 2"))
+            tx.query(sql("SELECT 3"))
+        assert db._on_transaction is None
+        assert trace.get_current_span() is trace.INVALID_SPAN  # its context was left
+        _statement, transaction = telemetry.spans()
+        assert transaction.name == "TRANSACTION postgres"
+        assert transaction.end_time is not None
+
+
+# -- cluster routing -----------------------------------------------------------------------
+
+
+def _route(span: ReadableSpan) -> tuple[Any, Any]:
+    attributes = span.attributes or {}
+    return attributes.get("pgfast.cluster.node"), attributes.get("pgfast.cluster.route")
+
+
+def _cluster(pg_cluster: Any, **options: Any) -> pgfast.Cluster:
+    primary = pgfast.create_pool(pg_cluster.primary_url)
+    replicas = [pgfast.create_pool(url) for url in pg_cluster.replica_urls]
+    cluster = pgfast.create_cluster(primary, replicas, **options)
+    assert isinstance(cluster, pgfast.Cluster)
+    return cluster
+
+
+def test_cluster_spans_say_why_they_went_there(pg_cluster: Any, telemetry: Telemetry) -> None:
+    with _cluster(pg_cluster) as cluster:
+        assert cluster._on_route is None
+        telemetry.instrument(cluster)
+        cluster.query(sql("SELECT 1"))
+        cluster.execute(sql("CREATE TEMP TABLE otel_route (id int)"))
+        cluster.tx(lambda tx: tx.query(sql("SELECT 2")), read_only=True)
+        with cluster.transaction() as tx:
+            tx.query(sql("SELECT 3"))
+        cluster.primary.query(sql("SELECT 4"))  # not routed: no reason
+        # In the order they ended: a transaction's statements before it.
+        read, write, read_tx_statement, read_tx, write_tx_statement, write_tx, direct = (
+            telemetry.spans()
+        )
+        assert _route(read) in (("replica 0", "read"), ("replica 1", "read"))
+        assert _route(write) == ("primary", "write")
+        assert read_tx.name == "TRANSACTION postgres"
+        assert _route(read_tx) == _route(read_tx_statement)
+        assert _route(read_tx)[1] == "read" and _route(read_tx)[0] != "primary"
+        assert write_tx.name == "TRANSACTION postgres"
+        assert _route(write_tx) == _route(write_tx_statement) == ("primary", "write")
+        assert _route(direct) == ("primary", None)
+        otel.uninstrument(cluster)
+        assert cluster._on_route is None
+
+
+async def test_async_cluster_routes(pg_cluster: Any, telemetry: Telemetry) -> None:
+    primary = pgfast.create_async_pool(pg_cluster.primary_url)
+    replicas = [pgfast.create_async_pool(url) for url in pg_cluster.replica_urls]
+    async with pgfast.create_cluster(primary, replicas) as cluster:
+        telemetry.instrument(cluster)
+        await cluster.query(sql("SELECT 1"))
+        await cluster.tx(lambda tx: tx.execute(sql("CREATE TEMP TABLE otel_r (id int)")))
+        read, statement, transaction = telemetry.spans()
+        assert _route(read)[1] == "read" and _route(read)[0] != "primary"
+        assert _route(transaction) == _route(statement) == ("primary", "write")
+        assert statement.parent is not None
+        assert statement.parent.span_id == transaction.context.span_id
+
+
+def test_cluster_reads_on_the_primary_say_why(pg_cluster: Any, telemetry: Telemetry) -> None:
+    def reads() -> list[tuple[Any, Any]]:
+        return [_route(s) for s in telemetry.spans() if "otel_why" in str(s.attributes)]
+
+    # Replicas too far behind (replay paused): the primary, for "lag".
+    with _cluster(pg_cluster, max_replica_lag=0.3, health_check_interval=0.1) as cluster:
+        telemetry.instrument(cluster)
+        pg_cluster.pause_replay(0)
+        pg_cluster.pause_replay(1)
+        try:
+            cluster.execute(sql("CREATE TEMP TABLE otel_lag (id int)"))
+            deadline = time.monotonic() + 20
+            while not all((r["lag"] or 0) > 0.3 for r in cluster.stats()["replicas"]):
+                assert time.monotonic() < deadline, "the replicas' lag was never measured"
+                time.sleep(0.05)
+            cluster.query(sql("/* otel_why */ SELECT 1"))
+            assert reads() == [("primary", "lag")]
+        finally:
+            pg_cluster.resume_replay(0)
+            pg_cluster.resume_replay(1)
+    # A replica that has not replayed this context's write: the primary, for
+    # "read_your_writes".
+    telemetry.exporter.clear()
+    with _cluster(pg_cluster, read_your_writes=True) as cluster:
+        telemetry.instrument(cluster)
+        pg_cluster.pause_replay(0)
+        pg_cluster.pause_replay(1)
+        try:
+            cluster.execute(sql("CREATE TEMP TABLE otel_ryw (id int)"))
+            cluster.query(sql("/* otel_why */ SELECT 1"))
+            assert reads() == [("primary", "read_your_writes")]
+        finally:
+            pg_cluster.resume_replay(0)
+            pg_cluster.resume_replay(1)
+    pg_cluster.wait_for_replicas()
+
+
+def test_cluster_read_falls_back_when_no_replica_answers(pg_url: str, telemetry: Telemetry) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    dead = pg_url.replace(pg_url.rsplit(":", 1)[1].split("/")[0], str(port), 1)
+    primary = pgfast.create_pool(pg_url)
+    replica = pgfast.create_pool(dead, connect_timeout=1, queue_timeout=2)
+    with pgfast.create_cluster(primary, [replica]) as cluster:
+        telemetry.instrument(cluster)
+        assert cluster.query_value(sql("SELECT 1")) == 1
+        (span,) = telemetry.spans()
+        assert _route(span) == ("primary", "fallback")

@@ -24,4 +24,5 @@ async def main() -> None:
     await adb.tx(not_async)  # E: incompatible type
     db.tx(lambda tx: None, isolation_levl="serializable")  # E: Unexpected keyword argument
     db.transaction(read_only="yes")  # E: incompatible type "str"
+    pgfast.create_cluster(db, [db], balance="round-robin")  # E: No overload variant
     print(count)
