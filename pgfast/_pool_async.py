@@ -23,6 +23,7 @@ import copy
 import inspect
 import threading
 import weakref
+from collections import deque  # async-only
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from itertools import count, repeat
@@ -33,6 +34,7 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import AsyncRawCursor, AsyncRawServerCursor, generators
+from psycopg._preparing import Prepare  # async-only
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import tuple_row
 
@@ -52,6 +54,7 @@ from ._exceptions import (
     QueryTimeoutError,
 )
 from ._frame import Sent, rewrite_error
+from ._pipeline import EXCLUSIVE_WORDS, MAX_DEPTH, Entry, Lane, first_word  # async-only
 from ._pool_common import (
     ADAPTERS,
     LIVENESS_CHECK_AFTER,
@@ -110,6 +113,8 @@ class _PgConnection(psycopg.AsyncConnection[Any]):
     # The deadline that sent a cancel request for this connection's statement
     # (query_timeout, or an interrupted task): see AsyncConnectionPool._release.
     _pgfast_cancel: Deadline | None = None
+    # psycopg's Transformer kept for pipelined statements (dumpers and loaders cached).
+    _pgfast_tx: Any = None
 
     @classmethod
     async def connect(cls, conninfo: str = "", **kwargs: Any) -> _PgConnection:
@@ -296,10 +301,18 @@ class _AsyncQueryable(AsyncBulkMixin):
             await self._release(conn)
 
     async def _run(self, q: SQLQuery, fetch: bool, dicts: bool | None = None) -> Any:
-        # Never retried once sent: a statement whose connection died may have
-        # run, even committed. A pool hands out no connection known to be
-        # dead (see AsyncConnectionPool._acquire), so no retry is needed.
         text, params = q.format()
+        return await self._run_held(q, text, params, fetch, dicts)
+
+    async def _run_held(
+        self, q: SQLQuery, text: str, params: list[Any], fetch: bool, dicts: bool | None
+    ) -> Any:
+        """Run one statement on a connection held for it alone (or the queryable's own).
+
+        Never retried once sent: a statement whose connection died may have
+        run, even committed. A pool hands out no connection known to be
+        dead (see AsyncConnectionPool._acquire), so no retry is needed.
+        """
         if params and has_several_statements(text):
             raise several_statements_error()
         if self._sent is not None:
@@ -455,6 +468,17 @@ class AsyncConnectionPool(_AsyncQueryable):
         self._waiting = 0
         self._in_use = 0
         self._guard: asyncio.Future[None] | None = None  # async-only
+        # begin async-only
+        # Automatic pipelining: the connections in pipeline mode (lanes), the
+        # connections being checked out to become one, the callers waiting
+        # for room on a lane (in arrival order), and each text's routing.
+        self._pipeline = opts.pipeline
+        self._lanes: list[Lane] = []
+        self._lanes_opening = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._routes: dict[str, bool] = {}
+        self._lane_releases: set[asyncio.Task[None]] = set()
+        # end async-only
         self._opened = False
         self._closed = False
         # Recently used idle connections, kept out of psycopg_pool (LIFO): the
@@ -726,9 +750,11 @@ class AsyncConnectionPool(_AsyncQueryable):
             if keep and not self._waiting and not self._closed:
                 hot.append(conn)
                 if now - hot[0]._pgfast_idle_since <= LIVENESS_CHECK_AFTER:
+                    self._wake_lane_waiter()  # async-only
                     return
                 conn = hot.pop(0)  # the oldest went stale: psycopg_pool takes it
         await self._pool.putconn(conn)
+        self._wake_lane_waiter()  # async-only
 
     async def _cool_stale(self) -> None:
         """Hand the hot connections unused for a while back to psycopg_pool (at each sweep)."""
@@ -747,6 +773,258 @@ class AsyncConnectionPool(_AsyncQueryable):
             conns, self._hot[:] = self._hot[:], []
         for conn in conns:
             await self._pool.putconn(conn)
+
+    # -- automatic pipelining --------------------------------------------------
+    # begin async-only
+
+    async def _run(self, q: SQLQuery, fetch: bool, dicts: bool | None = None) -> Any:
+        text, params = q.format()
+        if self._pipeline and self._pipelinable(text):
+            return await self._pipelined(q, text, params, fetch, dicts)
+        return await self._run_held(q, text, params, fetch, dicts)
+
+    def _pipelinable(self, text: str) -> bool:
+        """Whether ``text`` may share a connection with other callers' statements.
+
+        Not a statement changing the session or the transaction state (SET,
+        BEGIN, LISTEN, COPY, ...), nor several statements (the simple
+        protocol, which pipeline mode does not allow, runs those).
+        """
+        routes = self._routes
+        route = routes.get(text)
+        if route is None:
+            word = first_word(text)
+            route = bool(word) and word not in EXCLUSIVE_WORDS and not has_several_statements(text)
+            if len(routes) >= 4096:
+                routes.clear()
+            routes[text] = route
+        return route
+
+    async def _pipelined(
+        self, q: SQLQuery, text: str, params: list[Any], fetch: bool, dicts: bool | None
+    ) -> Any:
+        """Run one statement on a lane, behind whatever is in flight there."""
+        want_dicts = self._row_dicts if dicts is None else dicts
+        lane = self._free_lane() or await self._lane_slot()
+        self._queries += 1
+        if self._on_query_start is not None:
+            safe_call(self._on_query_start, "on_query_start", q, text, params)
+        prepare: bool | None = None
+        while True:
+            try:
+                entry = lane.send(text, params, fetch, want_dicts, prepare)
+            except BaseException as exc:
+                if not lane.entries:
+                    lane.retire()
+                    if lane.pending_release is not None:
+                        conn, lane.pending_release = lane.pending_release, None
+                        await self._release(conn)
+                if isinstance(exc, psycopg.Error):
+                    self._failed(exc, q, text, params)
+                elif self._on_query_error is not None:
+                    safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
+                raise
+            if self._slot_waiters and lane.accepting and lane.depth < MAX_DEPTH:
+                self._wake_lane_waiter()
+            timeout = self._query_timeout
+            if timeout is not None:
+                lane.arm(entry, timeout)
+            assert entry.future is not None
+            try:
+                try:
+                    value = await entry.future
+                finally:
+                    if lane.pending_release is not None:
+                        conn, lane.pending_release = lane.pending_release, None
+                        await self._release(conn)
+            except asyncio.CancelledError as exc:
+                lane.abandon(entry)
+                if self._on_query_error is not None:
+                    safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
+                raise
+            except psycopg.Error as exc:
+                conn = lane.conn
+                if (
+                    isinstance(exc, PREPARED_ELSEWHERE)
+                    and entry.prep is not Prepare.NO
+                    and conn._pgfast_statement_prefix in str(exc)
+                ):
+                    # Not run: its prepared statement is unknown (or already
+                    # known) to the server connection a pooler picked.
+                    if entry.name not in lane.failed_prepares:
+                        self._pooler_found(conn, f"the server answered {exc.sqlstate}")
+                    prepare = False
+                    lane = self._free_lane() or await self._lane_slot()
+                    continue
+                writes = not is_read_only_text(text)
+                snapshot = entry.snapshot
+                outcome = self._statement_failed(exc, conn, snapshot, writes, q, text, params, None)
+                if outcome is exc:
+                    raise
+                raise outcome from exc
+            except BaseException as exc:  # query_timeout with others in flight, or a loader's error
+                if self._on_query_error is not None:
+                    safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
+                raise
+            break
+        if self._on_query_results is not None:
+            safe_call(self._on_query_results, "on_query_results", q, text, params, value)
+        return value
+
+    def _free_lane(self, waited: bool = False) -> Lane | None:
+        """A lane with room now: an idle connection made one, else the least loaded.
+
+        ``None`` when the caller should wait (behind earlier waiters, for
+        fairness) or check out a further connection (``_lane_slot``).
+        """
+        if self._closed:
+            raise PoolClosedError(f"the pool {self._config.display!r} was disposed")
+        if self._slot_waiters and not waited:
+            return None
+        conn = self._take_hot()
+        if conn is not None:
+            return self._new_lane(conn)
+        lanes = self._lanes
+        if not lanes:
+            return None
+        # Callers waiting for a connection of their own (a transaction, a
+        # stream) get one as soon as a lane drains: lanes stop taking work.
+        exclusive = self._waiting - self._lanes_opening
+        draining = sum(1 for lane in lanes if not lane.accepting)
+        best: Lane | None = None
+        for lane in lanes:
+            if lane.accepting and (best is None or lane.depth < best.depth):
+                best = lane
+        while exclusive > draining and best is not None:
+            best.accepting = False
+            draining += 1
+            best = None
+            for lane in lanes:
+                if lane.accepting and (best is None or lane.depth < best.depth):
+                    best = lane
+        if best is None or best.depth >= MAX_DEPTH:
+            return None
+        if best.depth and self._can_grow():
+            return None  # a connection of its own beats queueing behind others
+        conn = best.conn
+        conn._pgfast_uses += 1
+        if self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
+            best.accepting = False
+        return best
+
+    def _can_grow(self) -> bool:
+        return self._in_use + self._lanes_opening < self._config.options.pool_size
+
+    def _take_hot(self) -> _PgConnection | None:
+        """A hot connection usable at once (as ``_acquire`` would hand out), or ``None``."""
+        hot = self._hot
+        if not hot:
+            return None
+        with self._lock:
+            if not hot or self._waiting > self._lanes_opening:
+                return None
+            conn = hot[-1]
+            if (
+                monotonic() - conn._pgfast_idle_since >= LIVENESS_CHECK_AFTER
+                or conn._pgfast_input_waiting()
+            ):
+                return None  # _acquire hands it to psycopg_pool for a check
+            hot.pop()
+            self._in_use += 1
+        conn._pgfast_uses += 1
+        return conn
+
+    def _new_lane(self, conn: _PgConnection) -> Lane:
+        lane = Lane(self, conn, asyncio.get_running_loop())
+        self._lanes.append(lane)
+        if self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
+            lane.accepting = False
+        return lane
+
+    async def _lane_slot(self) -> Lane:
+        """Wait for room on a lane, or check a connection out to make one."""
+        give_up = monotonic() + self._queue_timeout
+        waited = False
+        while True:
+            lane = self._free_lane(waited)
+            if lane is not None:
+                return lane
+            if self._can_grow() or not self._lanes:
+                self._lanes_opening += 1
+                try:
+                    conn = await self._acquire()
+                finally:
+                    self._lanes_opening -= 1
+                return self._new_lane(conn)
+            remaining = give_up - monotonic()
+            if remaining <= 0:
+                raise self._timeout_error()
+            waiter = asyncio.get_running_loop().create_future()
+            if waited:
+                self._slot_waiters.appendleft(waiter)  # keep its place in line
+            else:
+                self._slot_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except asyncio.TimeoutError:
+                raise self._timeout_error() from None
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_lane_waiter()  # pass the wake-up on
+                raise
+            finally:
+                if waiter in self._slot_waiters:
+                    self._slot_waiters.remove(waiter)
+            waited = True
+
+    def _wake_lane_waiter(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _lane_gone(self, lane: Lane) -> None:
+        try:
+            self._lanes.remove(lane)
+        except ValueError:
+            pass
+
+    def _return_lane_conn(self, lane: Lane, conn: _PgConnection) -> _PgConnection | None:
+        """A lane drained: its connection goes hot at once when nothing needs checking."""
+        now = monotonic()
+        kept = False
+        with self._lock:
+            if (
+                conn._pgfast_cancel is None
+                and not conn.closed
+                and conn.pgconn.transaction_status == IDLE
+                and not self._waiting
+                and not self._closed
+                and (self._max_uses is None or conn._pgfast_uses < self._max_uses)
+                and conn._expire_at > now
+            ):
+                conn._pgfast_idle_since = now
+                self._in_use -= 1
+                self._hot.append(conn)
+                kept = True
+        if kept:
+            self._wake_lane_waiter()
+            return None
+        # A caller of the lane releases it inline (as a held connection is
+        # released before its statement returns); failing that, a task does.
+        asyncio.get_running_loop().call_soon(self._release_unclaimed, lane)
+        return conn
+
+    def _release_unclaimed(self, lane: Lane) -> None:
+        conn, lane.pending_release = lane.pending_release, None
+        if conn is not None:
+            task = asyncio.get_running_loop().create_task(self._release(conn))
+            self._lane_releases.add(task)
+            task.add_done_callback(self._lane_releases.discard)
+
+    # end async-only
 
     # -- running statements --------------------------------------------------
 
@@ -1074,6 +1352,9 @@ class AsyncConnectionPool(_AsyncQueryable):
         guard, self._guard = self._guard, None  # async-only
         if guard is not None and guard is not asyncio.current_task():  # async-only
             guard.cancel()  # async-only
+        while self._slot_waiters:  # async-only
+            # each woken waiter sees the pool closed  # async-only
+            self._wake_lane_waiter()  # async-only
         await self._pool.close()
         # After close, psycopg_pool closes what it is handed back.
         await self._cool_all()

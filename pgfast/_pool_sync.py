@@ -111,6 +111,8 @@ class _PgConnection(psycopg.Connection[Any]):
     # The deadline that sent a cancel request for this connection's statement
     # (query_timeout, or an interrupted task): see AsyncConnectionPool._release.
     _pgfast_cancel: Deadline | None = None
+    # psycopg's Transformer kept for pipelined statements (dumpers and loaders cached).
+    _pgfast_tx: Any = None
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> _PgConnection:
@@ -295,10 +297,18 @@ class _Queryable(BulkMixin):
             self._release(conn)
 
     def _run(self, q: SQLQuery, fetch: bool, dicts: bool | None = None) -> Any:
-        # Never retried once sent: a statement whose connection died may have
-        # run, even committed. A pool hands out no connection known to be
-        # dead (see AsyncConnectionPool._acquire), so no retry is needed.
         text, params = q.format()
+        return self._run_held(q, text, params, fetch, dicts)
+
+    def _run_held(
+        self, q: SQLQuery, text: str, params: list[Any], fetch: bool, dicts: bool | None
+    ) -> Any:
+        """Run one statement on a connection held for it alone (or the queryable's own).
+
+        Never retried once sent: a statement whose connection died may have
+        run, even committed. A pool hands out no connection known to be
+        dead (see AsyncConnectionPool._acquire), so no retry is needed.
+        """
         if params and has_several_statements(text):
             raise several_statements_error()
         if self._sent is not None:
@@ -730,6 +740,8 @@ class ConnectionPool(_Queryable):
             conns, self._hot[:] = self._hot[:], []
         for conn in conns:
             self._pool.putconn(conn)
+
+    # -- automatic pipelining --------------------------------------------------
 
     # -- running statements --------------------------------------------------
 
