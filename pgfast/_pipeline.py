@@ -104,6 +104,7 @@ class Entry:
         "snapshot",
         "timed_out",
         "timer",
+        "waiter",
     )
 
     def __init__(self, future: asyncio.Future[Any] | None, fetch: bool, dicts: bool) -> None:
@@ -123,6 +124,8 @@ class Entry:
         self.timer: asyncio.TimerHandle | None = None
         # The deadline's state when the statement ended (see AsyncConnectionPool._outcome).
         self.snapshot: Deadline | None = None
+        # Set when the statement ended, for a cancelled caller waiting for it.
+        self.waiter: asyncio.Future[None] | None = None
 
 
 class Lane:
@@ -290,6 +293,7 @@ class Lane:
 
     def _finish(self, entry: Entry) -> None:
         manager = self.conn._prepared
+        _ended(entry)
         if entry.timer is not None:
             entry.timer.cancel()
         deadline = entry.deadline
@@ -337,6 +341,7 @@ class Lane:
         entries, self.entries = list(self.entries), deque()
         self._unwatch()
         for entry in entries:
+            _ended(entry)
             if entry.timer is not None:
                 entry.timer.cancel()
             deadline = entry.deadline
@@ -383,14 +388,22 @@ class Lane:
             reads = self.reads
             self.loop.call_later(CONFIRM_WITHIN, self._stalled, reads)
 
-    def abandon(self, entry: Entry) -> None:
-        """The caller was cancelled: drop its result when it comes; maybe cancel it server-side."""
+    def abandon(self, entry: Entry) -> asyncio.Future[None] | None:
+        """The caller was cancelled: its result is dropped when it comes.
+
+        When its statement is alone on the lane, it is also cancelled on the
+        server; the returned future is then done once the statement ended
+        (moments later), so that the caller can give the connection back
+        as it would after a cancelled statement on a held connection.
+        """
         entry.abandoned = True
         if entry.timer is not None:
             entry.timer.cancel()
             entry.timer = None
-        if entry in self.entries:
-            self._cancel_alone(entry)
+        if entry in self.entries and self._cancel_alone(entry):
+            entry.waiter = self.loop.create_future()
+            return entry.waiter
+        return None
 
     def _unwatch(self) -> None:
         if self.writing:
@@ -440,6 +453,12 @@ class Lane:
                 logger.debug("pgfast: leaving pipeline mode failed: %s", exc)
                 self.pgconn.finish()
         self.pending_release = self.pool._return_lane_conn(self, self.conn)
+
+
+def _ended(entry: Entry) -> None:
+    waiter = entry.waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _copy(exc: psycopg.Error) -> psycopg.Error:

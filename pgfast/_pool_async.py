@@ -838,7 +838,17 @@ class AsyncConnectionPool(_AsyncQueryable):
                         conn, lane.pending_release = lane.pending_release, None
                         await self._release(conn)
             except asyncio.CancelledError as exc:
-                lane.abandon(entry)
+                ended = lane.abandon(entry)
+                if ended is not None:
+                    # Its cancel request is on the way: wait (briefly) for the
+                    # statement to end, as psycopg does on a held connection.
+                    try:
+                        await ended
+                    except asyncio.CancelledError:
+                        pass
+                if lane.pending_release is not None:
+                    conn, lane.pending_release = lane.pending_release, None
+                    await self._release(conn)
                 if self._on_query_error is not None:
                     safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
                 raise
