@@ -1,4 +1,4 @@
-"""The per-result hot path of pipelined queries: a PGresult's rows as dicts or tuples (pure twin)."""
+"""The per-result hot path of pipelined queries: a PGresult's rows, dicts or tuples (pure twin)."""
 
 from __future__ import annotations
 
@@ -24,5 +24,5 @@ def load_rows(tx: Any, result: Any, dicts: bool, encoding: str) -> list[Any]:
         return rows
     names = column_names(result, encoding)
     if ntuples == 1:  # the common case, where building iterators costs more
-        return [dict(zip(names, rows[0]))]
+        return [dict(zip(names, rows[0], strict=True))]
     return list(map(dict, map(zip, repeat(names), rows)))

@@ -71,9 +71,7 @@ PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
 PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
 FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
-COPY_STATES = frozenset(
-    {pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH}
-)
+COPY_STATES = frozenset({pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH})
 BAD = pq.ConnStatus.BAD
 IDLE = pq.TransactionStatus.IDLE
 
@@ -462,5 +460,6 @@ def _ended(entry: Entry) -> None:
 
 
 def _copy(exc: psycopg.Error) -> psycopg.Error:
-    """A copy for one more caller: one exception raised in several tasks collects all their tracebacks."""
+    """A copy for one more caller: one exception raised in several tasks
+    would collect all their tracebacks."""
     return copy.copy(exc).with_traceback(None)

@@ -19,6 +19,7 @@ Internal protocol for teammates (bulk loading, clusters): every queryable
 from __future__ import annotations
 
 import asyncio
+import contextlib  # async-only
 import copy
 import inspect
 import threading
@@ -54,7 +55,7 @@ from ._exceptions import (
     QueryTimeoutError,
 )
 from ._frame import Sent, rewrite_error
-from ._pipeline import EXCLUSIVE_WORDS, MAX_DEPTH, Entry, Lane, first_word  # async-only
+from ._pipeline import EXCLUSIVE_WORDS, MAX_DEPTH, Lane, first_word  # async-only
 from ._pool_common import (
     ADAPTERS,
     LIVENESS_CHECK_AFTER,
@@ -842,10 +843,8 @@ class AsyncConnectionPool(_AsyncQueryable):
                 if ended is not None:
                     # Its cancel request is on the way: wait (briefly) for the
                     # statement to end, as psycopg does on a held connection.
-                    try:
+                    with contextlib.suppress(asyncio.CancelledError):
                         await ended
-                    except asyncio.CancelledError:
-                        pass
                 if lane.pending_release is not None:
                     conn, lane.pending_release = lane.pending_release, None
                     await self._release(conn)
@@ -996,10 +995,8 @@ class AsyncConnectionPool(_AsyncQueryable):
                 return
 
     def _lane_gone(self, lane: Lane) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             self._lanes.remove(lane)
-        except ValueError:
-            pass
 
     def _return_lane_conn(self, lane: Lane, conn: _PgConnection) -> _PgConnection | None:
         """A lane drained: its connection goes hot at once when nothing needs checking."""
