@@ -38,6 +38,10 @@ if TYPE_CHECKING:
 # The most statements in flight on one connection: past it, callers wait
 # for a slot (in arrival order) rather than queue behind slow statements.
 MAX_DEPTH = 64
+# A drained lane stays in pipeline mode this long (seconds), watched by its
+# reader, for the next statements: the common case of a busy service, where
+# leaving and re-entering would cost more than the statement itself.
+PARK_FOR = 0.5
 # First words of statements that change the session or need the whole
 # connection: they run on a connection held exclusively, never pipelined.
 EXCLUSIVE_WORDS = frozenset(
@@ -147,6 +151,10 @@ class Lane:
         self.accepting = True
         self.dead = False
         self.released = False
+        # Drained and kept for the next statements (see PARK_FOR).
+        self.parked = False
+        self.idle_since = 0.0
+        self.park_timer: asyncio.TimerHandle | None = None
         # The connection, when it needs the pool's slow release (checks, a
         # cancel request in flight, max_uses): claimed by a caller of the lane.
         self.pending_release: _PgConnection | None = None
@@ -186,6 +194,7 @@ class Lane:
         return entry
 
     def _write(self, entry: Entry, pgq: PostgresRawQuery, prepare: bool | None) -> None:
+        self.parked = False
         manager = self.conn._prepared
         pgconn = self.pgconn
         try:
@@ -287,7 +296,7 @@ class Lane:
             self.die(exc)
             return
         if not entries:
-            self.retire()
+            self.drained()
 
     def _finish(self, entry: Entry) -> None:
         manager = self.conn._prepared
@@ -338,6 +347,8 @@ class Lane:
         self.accepting = False
         entries, self.entries = list(self.entries), deque()
         self._unwatch()
+        if not any(entry.future is not None and not entry.abandoned for entry in entries):
+            self.pool._report(exc)  # no caller gets it: the error hook does
         for entry in entries:
             _ended(entry)
             if entry.timer is not None:
@@ -436,10 +447,38 @@ class Lane:
 
     # -- end of life -----------------------------------------------------------
 
+    def drained(self) -> None:
+        """Nothing in flight: stay ready for the next statement (parked), or retire."""
+        if self.accepting and not self.dead and self.pool._may_park(self):
+            self.parked = True
+            self.idle_since = self.loop.time()
+            if self.park_timer is None:
+                self.park_timer = self.loop.call_later(PARK_FOR, self._park_check)
+        else:
+            self.retire()
+
+    def _park_check(self) -> None:
+        self.park_timer = None
+        if self.released:
+            return
+        if self.parked:
+            idle = self.loop.time() - self.idle_since
+            if idle >= PARK_FOR:
+                self.retire()
+                return
+            delay = PARK_FOR - idle
+        else:
+            delay = PARK_FOR
+        self.park_timer = self.loop.call_later(delay, self._park_check)
+
     def retire(self) -> None:
         """Nothing in flight: leave pipeline mode and give the connection back."""
         if self.released:
             return
+        self.parked = False
+        if self.park_timer is not None:
+            self.park_timer.cancel()
+            self.park_timer = None
         self.released = True
         self.accepting = False
         self.pool._lane_gone(self)

@@ -635,6 +635,9 @@ class AsyncConnectionPool(_AsyncQueryable):
         if self._closed:
             raise PoolClosedError(f"the pool {self._config.display!r} was disposed")
         hot = self._hot
+        if not hot and self._lanes:  # async-only
+            for parked in self._unpark_all():  # async-only
+                await self._release(parked)  # async-only
         with self._lock:
             conn = hot.pop() if hot else None
             if conn is None:
@@ -890,10 +893,16 @@ class AsyncConnectionPool(_AsyncQueryable):
             raise PoolClosedError(f"the pool {self._config.display!r} was disposed")
         if self._slot_waiters and not waited:
             return None
+        lanes = self._lanes
+        for lane in list(lanes):
+            if lane.parked and lane.conn._pgfast_input_waiting():
+                # Whatever came (the server ending the session?) is read first.
+                lane.readable()
+            if lane.parked and self._keeps(lane):
+                return lane
         conn = self._take_hot()
         if conn is not None:
             return self._new_lane(conn)
-        lanes = self._lanes
         if not lanes:
             return None
         # Callers waiting for a connection of their own (a transaction, a
@@ -915,11 +924,43 @@ class AsyncConnectionPool(_AsyncQueryable):
             return None
         if best.depth and self._can_grow():
             return None  # a connection of its own beats queueing behind others
-        conn = best.conn
+        if not self._keeps(best):
+            return self._free_lane(waited)  # that one drains and goes; another
+        return best
+
+    def _keeps(self, lane: Lane) -> bool:
+        """Count one more use of ``lane``'s connection; False when past its max_lifetime
+        (the lane then takes no more statements). The use that reaches max_uses is its last."""
+        conn = lane.conn
+        if conn._expire_at <= monotonic():
+            lane.accepting = False
+            if lane.parked:
+                lane.retire()
+            return False
         conn._pgfast_uses += 1
         if self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
-            best.accepting = False
-        return best
+            lane.accepting = False
+        return True
+
+    def _may_park(self, lane: Lane) -> bool:
+        """Whether a drained lane may keep its connection: not while others wait for
+        one, nor past its max_lifetime."""
+        return (
+            not self._closed
+            and self._waiting <= self._lanes_opening
+            and lane.conn._expire_at > monotonic()
+        )
+
+    def _unpark_all(self) -> list[_PgConnection]:
+        """Retire the parked lanes; their connections, when the pool must release them."""
+        conns = []
+        for lane in list(self._lanes):
+            if lane.parked:
+                lane.retire()
+                if lane.pending_release is not None:
+                    conns.append(lane.pending_release)
+                    lane.pending_release = None
+        return conns
 
     def _can_grow(self) -> bool:
         return self._in_use + self._lanes_opening < self._config.options.pool_size
@@ -958,10 +999,16 @@ class AsyncConnectionPool(_AsyncQueryable):
             lane = self._free_lane(waited)
             if lane is not None:
                 return lane
-            if self._can_grow() or not self._lanes:
+            # With no lane at all, one caller at a time waits for a connection
+            # (the others wait for its lane): callers queued in psycopg_pool
+            # would stay there while a lane serves everyone else.
+            if self._can_grow() or not (self._lanes or self._lanes_opening):
                 self._lanes_opening += 1
                 try:
                     conn = await self._acquire()
+                except BaseException:
+                    self._wake_lane_waiter()  # the next one tries in its turn
+                    raise
                 finally:
                     self._lanes_opening -= 1
                 return self._new_lane(conn)
@@ -1333,9 +1380,12 @@ class AsyncConnectionPool(_AsyncQueryable):
     def stats(self) -> dict[str, int]:
         """``size``, ``idle``, ``in_use``, ``waiting`` connections/callers and ``queries`` run."""
         in_use = self._in_use
+        parked = sum(1 for lane in self._lanes if lane.parked)  # async-only
+        in_use -= parked  # async-only
         if self._opened and not self._closed:
             measures = self._pool.get_stats()
             idle = measures.get("pool_available", 0) + len(self._hot)
+            idle += parked  # async-only
             size = max(measures.get("pool_size", 0), in_use + idle)
         else:
             size, idle = in_use, 0
@@ -1359,6 +1409,8 @@ class AsyncConnectionPool(_AsyncQueryable):
         guard, self._guard = self._guard, None  # async-only
         if guard is not None and guard is not asyncio.current_task():  # async-only
             guard.cancel()  # async-only
+        for conn in self._unpark_all():  # async-only
+            await self._release(conn)  # async-only
         while self._slot_waiters:  # async-only
             # each woken waiter sees the pool closed  # async-only
             self._wake_lane_waiter()  # async-only
