@@ -456,7 +456,12 @@ async def _peer_rates(config: PoolConfig, duration: float) -> list[PeerResult]:
             sides: list[tuple[str, AsyncOp]] = [("pgfast", ours)]
             theirs: Any = None
             if asyncpg is not None:
-                theirs = await asyncpg.create_pool(min_size=size, max_size=size, **login)
+                # One connection: asyncpg's own (its pool resets a connection,
+                # one more round trip, at every release); else its pool.
+                if size == 1:
+                    theirs = await asyncpg.connect(**login)
+                else:
+                    theirs = await asyncpg.create_pool(min_size=size, max_size=size, **login)
 
                 async def peer(i: int, pool: Any = theirs, fetch: bool = fetch) -> list[Any]:
                     if fetch:

@@ -1,12 +1,12 @@
 // postgres.js measured the way pgfast's benchmarks measure Python libraries.
 // Usage: node postgresjs.mjs URL CASE SECONDS REPEATS
-//   CASE: sequential (one connection), concurrent_10 / concurrent_100 (pool of 10),
+//   CASE: sequential_async (one connection), concurrent_10 / concurrent_100 (pool of 10),
 //         fetch_10k (rows/s, one connection).
 // Prints one JSON line: {"case": ..., "runs": [ops/s, ...]}.
 import postgres from "postgres";
 
 const [url, name, seconds, repeats] = process.argv.slice(2);
-const tasks = { sequential: 1, concurrent_10: 10, concurrent_100: 100, fetch_10k: 1 }[name];
+const tasks = { sequential_async: 1, concurrent_10: 10, concurrent_100: 100, fetch_10k: 1 }[name];
 if (!tasks) throw new Error(`unknown case ${name}`);
 const sql = postgres(url, { max: name.startsWith("concurrent") ? 10 : 1, prepare: true });
 const fetch = name === "fetch_10k";
