@@ -313,9 +313,6 @@ class Lane:
             manager.validate(entry.key, entry.prep, entry.name, got)
         if entry.error is not None and entry.prep is Prepare.SHOULD:
             self.failed_prepares.add(entry.name)
-        if self.pgconn.transaction_status != IDLE:
-            # A statement left a transaction open: nothing more may share it.
-            self.accepting = False
         if self.pool._slot_waiters and self.accepting:
             self.pool._wake_lane_waiter()
         future = entry.future
@@ -449,6 +446,10 @@ class Lane:
 
     def drained(self) -> None:
         """Nothing in flight: stay ready for the next statement (parked), or retire."""
+        if self.pgconn.transaction_status != IDLE:
+            # A statement left a transaction open (libpq tells only once
+            # nothing is in flight): the pool rolls it back.
+            self.accepting = False
         if self.accepting and not self.dead and self.pool._may_park(self):
             self.parked = True
             self.idle_since = self.loop.time()

@@ -820,9 +820,7 @@ class AsyncConnectionPool(_AsyncQueryable):
             except BaseException as exc:
                 if not lane.entries:
                     lane.retire()
-                    if lane.pending_release is not None:
-                        conn, lane.pending_release = lane.pending_release, None
-                        await self._release(conn)
+                    await self._claim_release(lane)
                 if isinstance(exc, psycopg.Error):
                     self._failed(exc, q, text, params)
                 elif self._on_query_error is not None:
@@ -835,12 +833,7 @@ class AsyncConnectionPool(_AsyncQueryable):
                 lane.arm(entry, timeout)
             assert entry.future is not None
             try:
-                try:
-                    value = await entry.future
-                finally:
-                    if lane.pending_release is not None:
-                        conn, lane.pending_release = lane.pending_release, None
-                        await self._release(conn)
+                value = await entry.future
             except asyncio.CancelledError as exc:
                 ended = lane.abandon(entry)
                 if ended is not None:
@@ -848,9 +841,7 @@ class AsyncConnectionPool(_AsyncQueryable):
                     # statement to end, as psycopg does on a held connection.
                     with contextlib.suppress(asyncio.CancelledError):
                         await ended
-                if lane.pending_release is not None:
-                    conn, lane.pending_release = lane.pending_release, None
-                    await self._release(conn)
+                await self._claim_release(lane)
                 if self._on_query_error is not None:
                     safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
                 raise
@@ -866,22 +857,34 @@ class AsyncConnectionPool(_AsyncQueryable):
                     if entry.name not in lane.failed_prepares:
                         self._pooler_found(conn, f"the server answered {exc.sqlstate}")
                     prepare = False
+                    await self._claim_release(lane)
                     lane = self._free_lane() or await self._lane_slot()
                     continue
+                # Judged before the connection is released (and closed when broken).
                 writes = not is_read_only_text(text)
                 snapshot = entry.snapshot
                 outcome = self._statement_failed(exc, conn, snapshot, writes, q, text, params, None)
+                await self._claim_release(lane)
                 if outcome is exc:
                     raise
                 raise outcome from exc
             except BaseException as exc:  # query_timeout with others in flight, or a loader's error
+                await self._claim_release(lane)
                 if self._on_query_error is not None:
                     safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
                 raise
+            await self._claim_release(lane)
             break
         if self._on_query_results is not None:
             safe_call(self._on_query_results, "on_query_results", q, text, params, value)
         return value
+
+    async def _claim_release(self, lane: Lane) -> None:
+        """Give the drained lane's connection back to the pool, when it needs the slow
+        path, before the statement returns (as a held connection is)."""
+        if lane.pending_release is not None:
+            conn, lane.pending_release = lane.pending_release, None
+            await self._release(conn)
 
     def _free_lane(self, waited: bool = False) -> Lane | None:
         """A lane with room now: an idle connection made one, else the least loaded.
@@ -1380,6 +1383,8 @@ class AsyncConnectionPool(_AsyncQueryable):
     def stats(self) -> dict[str, int]:
         """``size``, ``idle``, ``in_use``, ``waiting`` connections/callers and ``queries`` run."""
         in_use = self._in_use
+        waiting = self._waiting
+        waiting += len(self._slot_waiters)  # async-only
         parked = sum(1 for lane in self._lanes if lane.parked)  # async-only
         in_use -= parked  # async-only
         if self._opened and not self._closed:
@@ -1393,7 +1398,7 @@ class AsyncConnectionPool(_AsyncQueryable):
             "size": size,
             "idle": idle,
             "in_use": in_use,
-            "waiting": self._waiting,
+            "waiting": waiting,
             "queries": self._queries,
         }
 

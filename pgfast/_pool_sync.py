@@ -1043,6 +1043,7 @@ class ConnectionPool(_Queryable):
     def stats(self) -> dict[str, int]:
         """``size``, ``idle``, ``in_use``, ``waiting`` connections/callers and ``queries`` run."""
         in_use = self._in_use
+        waiting = self._waiting
         if self._opened and not self._closed:
             measures = self._pool.get_stats()
             idle = measures.get("pool_available", 0) + len(self._hot)
@@ -1053,7 +1054,7 @@ class ConnectionPool(_Queryable):
             "size": size,
             "idle": idle,
             "in_use": in_use,
-            "waiting": self._waiting,
+            "waiting": waiting,
             "queries": self._queries,
         }
 

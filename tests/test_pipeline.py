@@ -191,7 +191,8 @@ async def test_terminated_backend_fails_every_caller_in_flight_and_runs_nothing_
         assert monotonic() - started < 5
         assert isinstance(outcomes[0], psycopg.errors.AdminShutdown)
         for outcome in outcomes[1:]:
-            assert isinstance(outcome, (psycopg.OperationalError, CommitUnknownError)), outcome
+            # Writes lost after they were sent: they may have committed.
+            assert isinstance(outcome, CommitUnknownError), outcome
         # None of the writes ran, none ran twice, and the pool recovered.
         assert await db.query_value(sql("SELECT count(*) FROM {}", table)) == 0
         assert await db.query_value(sql("SELECT {}::int", 3)) == 3
