@@ -35,6 +35,9 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import RawCursor, RawServerCursor, generators
+from psycopg._preparing import Prepare
+from psycopg._queries import PostgresRawQuery
+from psycopg.adapt import Transformer
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import tuple_row
 
@@ -239,6 +242,57 @@ def _dicts(names: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]
         return [dict(zip(names, rows[0], strict=True))]
     # All in C: no per-row bytecode, no keyword arguments.
     return list(map(dict, map(zip, repeat(names), rows)))
+
+
+def _send(
+    conn: _PgConnection,
+    text: str,
+    params: list[Any],
+    fetch: bool,
+    dicts: bool,
+    prepare: bool | None,
+) -> Any:
+    """Run one statement with parameters on psycopg's libpq layer: its rows (or, when
+    not ``fetch``, its row count).
+
+    What psycopg's cursor does for it, without the cursor: parameters dumped
+    by the connection's ``Transformer``, the connection's prepared statement
+    cache (client-unique names), psycopg's waiting (an interrupted statement
+    is cancelled and read to its end), psycopg's errors. Rows come from the
+    engine.
+    """
+    pgconn = conn.pgconn
+    tx = conn._pgfast_tx
+    if tx is None:
+        tx = conn._pgfast_tx = Transformer(conn)
+    pgq = PostgresRawQuery(tx)
+    pgq.convert(text, params)
+    manager = conn._prepared
+    if manager._to_flush:
+        conn.wait(manager.maintain_gen(conn))
+    prep, name = manager.get(pgq, prepare)
+    if prep is Prepare.NO:
+        pgconn.send_query_params(pgq.query, pgq.params, pgq.types, pgq.formats)
+    else:
+        if prep is Prepare.SHOULD:
+            pgconn.send_prepare(name, pgq.query, pgq.types)
+            for result in conn.wait(generators.execute(pgconn)):
+                if result.status == ExecStatus.FATAL_ERROR:
+                    raise psycopg.errors.error_from_result(result, encoding=conn._pgfast_encoding)
+        pgconn.send_query_prepared(name, pgq.params, pgq.formats)
+    key = manager.maybe_add_to_cache(pgq, prep, name)
+    results = conn.wait(generators.execute(pgconn))
+    if key is not None:
+        manager.validate(key, prep, name, results)
+    result = results[-1]
+    status = result.status
+    if status == ExecStatus.FATAL_ERROR:
+        raise psycopg.errors.error_from_result(result, encoding=conn._pgfast_encoding)
+    if not fetch:
+        return result.command_tuples or 0
+    if status != TUPLES_OK:
+        return []
+    return _impl.engine.load_rows(tx, result, dicts, conn._pgfast_encoding)
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -833,38 +887,45 @@ class ConnectionPool(_Queryable):
         self._queries += 1
         if self._on_query_start is not None:
             safe_call(self._on_query_start, "on_query_start", q, text, params)
-        cur = RawCursor(conn, row_factory=tuple_row)
         timeout = self._query_timeout
         deadline = None if timeout is None else arm_deadline(conn.pgconn, timeout)
         idle = conn.pgconn.transaction_status == IDLE
+        rows: list[Any] = []
+        count = 0
         try:
             if params:
+                want_dicts = self._row_dicts if dicts is None else dicts
                 try:
-                    cur.execute(text, params)
+                    value = _send(conn, text, params, fetch, want_dicts, None)
                 except PREPARED_ELSEWHERE as exc:
                     # Not run: its prepared statement is unknown (or already
                     # known) to the server connection a pooler picked.
                     if not (idle and conn._pgfast_statement_prefix in str(exc)):
                         raise
                     self._pooler_found(conn, f"the server answered {exc.sqlstate}")
-                    cur.execute(text, params, prepare=False)
+                    value = _send(conn, text, params, fetch, want_dicts, False)
+                if fetch:
+                    rows = value
+                else:
+                    count = value
             else:
                 # The simple protocol, which allows several statements: the
                 # last one gives the result.
+                cur = RawCursor(conn, row_factory=tuple_row)
                 cur.execute(text)
                 while cur.nextset():
                     pass
-            result = cur.pgresult
-            rows: list[Any] = []
-            if not fetch:
-                count = max(cur.rowcount, 0)
-            elif result is None or result.status != TUPLES_OK:
-                pass
-            else:
-                rows = cur.fetchall()
-                if self._row_dicts if dicts is None else dicts:
-                    names = _names(result, conn)
-                    rows = _dicts(names, rows)
+                result = cur.pgresult
+                rows = []
+                if not fetch:
+                    count = max(cur.rowcount, 0)
+                elif result is None or result.status != TUPLES_OK:
+                    pass
+                else:
+                    rows = cur.fetchall()
+                    if self._row_dicts if dicts is None else dicts:
+                        names = _names(result, conn)
+                        rows = _dicts(names, rows)
         except psycopg.Error as exc:
             # A statement may echo values sent earlier in its transaction.
             writes = idle and not is_read_only_text(text)
