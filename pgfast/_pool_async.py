@@ -83,6 +83,7 @@ from ._pool_common import (
     safe_call,
     sweep_period,
 )
+from ._psycopg_pool_async import PsycopgPool, expire, expired
 from ._split import has_several_statements, several_statements_error
 from ._sql import sql
 
@@ -166,42 +167,6 @@ class _PgConnection(psycopg.AsyncConnection[Any]):
         await super().close()
         if hook is not None:
             safe_call(hook, "on_connection_closed")
-
-
-class _PsycopgPool(psycopg_pool.AsyncConnectionPool[Any]):
-    """psycopg_pool's pool with pgfast's idle sweep in place of its shrinking.
-
-    psycopg_pool closes at most one unused connection per ``max_idle`` period,
-    so a pool that grew to ``pool_size`` would take ``pool_size`` periods to
-    shrink; and the connections pgfast keeps hot are invisible to it. pgfast
-    passes a short ``max_idle`` (the sweep period) and, at each sweep, hands
-    stale hot connections back and closes every connection idle for longer
-    than ``idle_timeout``, down to ``min_size``.
-    """
-
-    _pgfast_owner: weakref.ref[AsyncConnectionPool]
-    _pgfast_idle_timeout: float | None
-
-    async def _shrink_pool(self) -> None:
-        owner = self._pgfast_owner()
-        if owner is not None:
-            await owner._cool_stale()
-        if self._pgfast_idle_timeout is None:
-            return
-        cutoff = monotonic() - self._pgfast_idle_timeout
-        closing: list[_PgConnection] = []
-        async with self._lock:
-            surplus = self._nconns - self._min_size
-            for conn in list(self._pool):
-                if len(closing) >= surplus:
-                    break
-                if conn._pgfast_idle_since <= cutoff:
-                    self._pool.remove(conn)
-                    closing.append(conn)
-            self._nconns -= len(closing)
-            self._nconns_min = len(self._pool)
-        for conn in closing:
-            await self._close_connection(conn)
 
 
 async def _behind_pooler(conn: _PgConnection) -> bool:
@@ -551,7 +516,7 @@ class AsyncConnectionPool(_AsyncQueryable):
         self._connect_timeout = config.connect_timeout  # what libpq really waits per attempt
         idle_timeout = None if opts.idle_timeout is None else float(opts.idle_timeout)
         connection_class = type("_PgConnection", (_PgConnection,), {"_pgfast_pool": self})
-        self._pool = _PsycopgPool(
+        self._pool = PsycopgPool(
             config.conninfo,
             connection_class=connection_class,
             kwargs=kwargs,
@@ -596,12 +561,7 @@ class AsyncConnectionPool(_AsyncQueryable):
         self._connect_error = exc
         if self._live_connections():
             return
-        pool = self._pool
-        async with pool._lock:
-            waiting = list(pool._waiting)
-            pool._waiting.clear()
-        for client in waiting:
-            await client.fail(_fresh(exc))
+        await self._pool.fail_waiters(lambda: _fresh(exc))
 
     def _live_connections(self) -> int:
         """Open connections: busy ones (they come back), hot ones and psycopg_pool's idle ones."""
@@ -798,9 +758,9 @@ class AsyncConnectionPool(_AsyncQueryable):
             # here fires on_connection_closed.
             await conn.close()
         elif self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
-            conn._expire_at = now  # psycopg_pool closes it and opens a replacement
+            expire(conn, now)  # psycopg_pool closes it and opens a replacement
         else:
-            keep = conn.pgconn.transaction_status == IDLE and conn._expire_at > now
+            keep = conn.pgconn.transaction_status == IDLE and not expired(conn, now)
         hot = self._hot
         with self._lock:
             self._in_use -= 1
@@ -988,7 +948,7 @@ class AsyncConnectionPool(_AsyncQueryable):
         """Count one more use of ``lane``'s connection; False when past its max_lifetime
         (the lane then takes no more statements). The use that reaches max_uses is its last."""
         conn = lane.conn
-        if conn._expire_at <= monotonic():
+        if expired(conn, monotonic()):
             lane.accepting = False
             if lane.parked:
                 lane.retire()
@@ -1004,7 +964,7 @@ class AsyncConnectionPool(_AsyncQueryable):
         return (
             not self._closed
             and self._waiting <= self._lanes_opening
-            and lane.conn._expire_at > monotonic()
+            and not expired(lane.conn, monotonic())
         )
 
     def _unpark_all(self) -> list[_PgConnection]:
@@ -1113,7 +1073,7 @@ class AsyncConnectionPool(_AsyncQueryable):
                 and not self._waiting
                 and not self._closed
                 and (self._max_uses is None or conn._pgfast_uses < self._max_uses)
-                and conn._expire_at > now
+                and not expired(conn, now)
             ):
                 conn._pgfast_idle_since = now
                 self._in_use -= 1

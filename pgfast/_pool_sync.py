@@ -82,6 +82,7 @@ from ._pool_common import (
     safe_call,
     sweep_period,
 )
+from ._psycopg_pool_sync import PsycopgPool, expire, expired
 from ._split import has_several_statements, several_statements_error
 from ._sql import sql
 
@@ -164,42 +165,6 @@ class _PgConnection(psycopg.Connection[Any]):
         super().close()
         if hook is not None:
             safe_call(hook, "on_connection_closed")
-
-
-class _PsycopgPool(psycopg_pool.ConnectionPool[Any]):
-    """psycopg_pool's pool with pgfast's idle sweep in place of its shrinking.
-
-    psycopg_pool closes at most one unused connection per ``max_idle`` period,
-    so a pool that grew to ``pool_size`` would take ``pool_size`` periods to
-    shrink; and the connections pgfast keeps hot are invisible to it. pgfast
-    passes a short ``max_idle`` (the sweep period) and, at each sweep, hands
-    stale hot connections back and closes every connection idle for longer
-    than ``idle_timeout``, down to ``min_size``.
-    """
-
-    _pgfast_owner: weakref.ref[ConnectionPool]
-    _pgfast_idle_timeout: float | None
-
-    def _shrink_pool(self) -> None:
-        owner = self._pgfast_owner()
-        if owner is not None:
-            owner._cool_stale()
-        if self._pgfast_idle_timeout is None:
-            return
-        cutoff = monotonic() - self._pgfast_idle_timeout
-        closing: list[_PgConnection] = []
-        with self._lock:
-            surplus = self._nconns - self._min_size
-            for conn in list(self._pool):
-                if len(closing) >= surplus:
-                    break
-                if conn._pgfast_idle_since <= cutoff:
-                    self._pool.remove(conn)
-                    closing.append(conn)
-            self._nconns -= len(closing)
-            self._nconns_min = len(self._pool)
-        for conn in closing:
-            self._close_connection(conn)
 
 
 def _behind_pooler(conn: _PgConnection) -> bool:
@@ -534,7 +499,7 @@ class ConnectionPool(_Queryable):
         self._connect_timeout = config.connect_timeout  # what libpq really waits per attempt
         idle_timeout = None if opts.idle_timeout is None else float(opts.idle_timeout)
         connection_class = type("_PgConnection", (_PgConnection,), {"_pgfast_pool": self})
-        self._pool = _PsycopgPool(
+        self._pool = PsycopgPool(
             config.conninfo,
             connection_class=connection_class,
             kwargs=kwargs,
@@ -579,12 +544,7 @@ class ConnectionPool(_Queryable):
         self._connect_error = exc
         if self._live_connections():
             return
-        pool = self._pool
-        with pool._lock:
-            waiting = list(pool._waiting)
-            pool._waiting.clear()
-        for client in waiting:
-            client.fail(_fresh(exc))
+        self._pool.fail_waiters(lambda: _fresh(exc))
 
     def _live_connections(self) -> int:
         """Open connections: busy ones (they come back), hot ones and psycopg_pool's idle ones."""
@@ -764,9 +724,9 @@ class ConnectionPool(_Queryable):
             # here fires on_connection_closed.
             conn.close()
         elif self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
-            conn._expire_at = now  # psycopg_pool closes it and opens a replacement
+            expire(conn, now)  # psycopg_pool closes it and opens a replacement
         else:
-            keep = conn.pgconn.transaction_status == IDLE and conn._expire_at > now
+            keep = conn.pgconn.transaction_status == IDLE and not expired(conn, now)
         hot = self._hot
         with self._lock:
             self._in_use -= 1
