@@ -71,11 +71,7 @@ EXCLUSIVE_WORDS = frozenset(
     }
 )
 
-PIPELINE_SYNC = pq.ExecStatus.PIPELINE_SYNC
-PIPELINE_ABORTED = pq.ExecStatus.PIPELINE_ABORTED
-FATAL_ERROR = pq.ExecStatus.FATAL_ERROR
 TUPLES_OK = pq.ExecStatus.TUPLES_OK
-COPY_STATES = frozenset({pq.ExecStatus.COPY_IN, pq.ExecStatus.COPY_OUT, pq.ExecStatus.COPY_BOTH})
 BAD = pq.ConnStatus.BAD
 IDLE = pq.TransactionStatus.IDLE
 
@@ -257,32 +253,7 @@ class Lane:
         entries = self.entries
         try:
             pgconn.consume_input()
-            ended = False
-            while entries and not pgconn.is_busy():
-                res = pgconn.get_result()
-                if res is None:
-                    if ended:
-                        break  # nothing more has arrived
-                    ended = True  # the end of one statement's results
-                    continue
-                ended = False
-                entry = entries[0]
-                status = res.status
-                if status == PIPELINE_SYNC:
-                    entries.popleft()
-                    self.reads += 1
-                    self._finish(entry)
-                elif status == FATAL_ERROR:
-                    if entry.error is None:
-                        entry.error = res
-                elif status == PIPELINE_ABORTED:
-                    pass
-                elif status in COPY_STATES:
-                    raise psycopg.NotSupportedError(
-                        "COPY cannot be run by query(): use copy_in, or a dedicated connection"
-                    )
-                else:
-                    entry.result = res
+            _impl.engine.read_results(pgconn, entries, self._finish)
             if pgconn.status == BAD:
                 raise psycopg.OperationalError(
                     "the connection to the server was lost: "
@@ -299,6 +270,8 @@ class Lane:
             self.drained()
 
     def _finish(self, entry: Entry) -> None:
+        """``entry``'s Sync arrived: its caller gets its rows, count or error."""
+        self.reads += 1
         manager = self.conn._prepared
         _ended(entry)
         if entry.timer is not None:

@@ -6,8 +6,10 @@ Pipelining exists for async pools only, so these tests are not generated.
 from __future__ import annotations
 
 import asyncio
+import select
 import threading
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Iterator
 from datetime import datetime, timezone
 from decimal import Decimal
@@ -381,3 +383,58 @@ def test_engine_is_chosen_with_the_other_hot_paths() -> None:
     from pgfast import _impl
 
     assert _impl.engine.__name__ == f"pgfast._engine{'_c' if _impl.IMPL == 'cython' else '_py'}"
+
+
+PIPELINED = [
+    (b"SELECT $1::int AS a", [b"1"]),
+    (b"SELECT 1 / $1::int", [b"0"]),  # division by zero: isolated by its own Sync
+    (b"SELECT generate_series(1, $1::int)", [b"3"]),
+    (b"SELEC 1", None),  # a syntax error
+    (b"SELECT $1::text", [b"last"]),
+]
+
+
+class _InFlight:
+    __slots__ = ("error", "result")
+
+    def __init__(self) -> None:
+        self.error: Any = None
+        self.result: Any = None
+
+
+def _summary(entry: _InFlight) -> tuple[Any, ...]:
+    if entry.error is not None:
+        return ("error", entry.error.error_field(psycopg.pq.DiagnosticField.SQLSTATE))
+    res = entry.result
+    return ("rows", res.ntuples, res.get_value(0, 0) if res.ntuples else None)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_engine_twins_match_pipelined_results_in_order(pg_url: str, impl: str) -> None:
+    engine = twin("_engine", impl)
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        pgconn = conn.pgconn
+        pgconn.enter_pipeline_mode()
+        entries: deque[_InFlight] = deque()
+        for text, params in PIPELINED:
+            pgconn.send_query_params(text, params)
+            pgconn.pipeline_sync()
+            entries.append(_InFlight())
+        expected = list(entries)
+        while pgconn.flush():
+            select.select([], [pgconn.socket], [], 5)
+        finished: list[_InFlight] = []
+        started = monotonic()
+        while entries and monotonic() - started < 10:
+            select.select([pgconn.socket], [], [], 1)
+            pgconn.consume_input()
+            engine.read_results(pgconn, entries, finished.append)
+        pgconn.exit_pipeline_mode()
+    assert finished == expected  # in order, each once
+    assert [_summary(e) for e in finished] == [
+        ("rows", 1, b"1"),
+        ("error", b"22012"),
+        ("rows", 3, b"1"),
+        ("error", b"42601"),
+        ("rows", 1, b"last"),
+    ]
