@@ -831,9 +831,9 @@ class AsyncConnectionPool(_AsyncQueryable):
             try:
                 entry = lane.send(text, params, fetch, want_dicts, prepare)
             except BaseException as exc:
-                if not lane.entries:
-                    lane.retire()
-                    await self._claim_release(lane)
+                if not lane.entries and not lane.released:
+                    lane.drained()  # a parameter that could not be sent: nothing was
+                await self._claim_release(lane)
                 if isinstance(exc, psycopg.Error):
                     self._failed(exc, q, text, params)
                 elif self._on_query_error is not None:

@@ -441,3 +441,16 @@ def test_engine_twins_match_pipelined_results_in_order(pg_url: str, impl: str) -
         ("error", b"42601"),
         ("rows", 1, b"last"),
     ]
+
+
+async def test_a_parameter_that_cannot_be_sent_fails_only_its_caller(pg_url: str) -> None:
+    async with create_async_pool(pg_url, pool_size=1) as db:
+        slow = asyncio.ensure_future(db.query_value(sql("SELECT pg_sleep(0.2), {}::int", 1)))
+        await _in_flight(db, 1)
+        with pytest.raises(psycopg.ProgrammingError, match="cannot adapt"):
+            await db.query(sql("SELECT {}", object()))
+        with pytest.raises(psycopg.ProgrammingError, match="cannot adapt"):
+            await db.query(sql("SELECT {}", object()))
+        assert await db.query_value(sql("SELECT {}::int", 2)) == 2
+        await slow
+        assert db.stats()["in_use"] == 0
