@@ -224,7 +224,11 @@ def test_concurrent_asyncpg_pool(
 ) -> None:
     asyncpg = pytest.importorskip("asyncpg")
     benchmark.group = f"concurrent-{tasks}"
-    pool = loop.run_until_complete(asyncpg.create_pool(pg_url, min_size=10, max_size=10))
+
+    async def make() -> Any:  # made in the running loop: it binds to it
+        return await asyncpg.create_pool(pg_url, min_size=10, max_size=10)
+
+    pool = loop.run_until_complete(make())
 
     async def worker(n: int) -> None:
         for i in range(PER_TASK):
