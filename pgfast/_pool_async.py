@@ -1038,11 +1038,11 @@ class AsyncConnectionPool(_AsyncQueryable):
                 self._slot_waiters.append(waiter)
             try:
                 await asyncio.wait_for(waiter, remaining)
-            except asyncio.TimeoutError:
-                raise self._timeout_error() from None
-            except BaseException:
+            except BaseException as exc:
                 if waiter.done() and not waiter.cancelled():
                     self._wake_lane_waiter()  # pass the wake-up on
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise self._timeout_error() from None
                 raise
             finally:
                 if waiter in self._slot_waiters:

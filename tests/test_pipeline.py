@@ -454,3 +454,20 @@ async def test_a_parameter_that_cannot_be_sent_fails_only_its_caller(pg_url: str
         assert await db.query_value(sql("SELECT {}::int", 2)) == 2
         await slow
         assert db.stats()["in_use"] == 0
+
+
+async def test_pipelined_callers_wait_at_most_queue_timeout(pg_url: str) -> None:
+    from pgfast._exceptions import PoolTimeoutError
+
+    async with create_async_pool(pg_url, pool_size=1, queue_timeout=0.3) as db:
+        async with db.connection():
+            started = monotonic()
+            outcomes = await asyncio.gather(
+                *(db.query_value(sql("SELECT {}::int", i)) for i in range(3)),
+                return_exceptions=True,
+            )
+            assert all(isinstance(o, PoolTimeoutError) for o in outcomes), outcomes
+            assert monotonic() - started < 2
+        assert await asyncio.gather(
+            *(db.query_value(sql("SELECT {}::int", i)) for i in range(3))
+        ) == [0, 1, 2]
