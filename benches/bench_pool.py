@@ -12,6 +12,8 @@ Groups (compare the ``mean`` column inside a group):
   (target: pgfast >= psycopg_pool).
 - ``fetch-10k``: 10,000 rows x 4 columns as dicts: pgfast vs psycopg
   ``dict_row`` (target: pgfast at least as fast).
+- asyncpg is a peer in the async groups and ``fetch-10k-async`` (skipped
+  when not installed); postgres.js is measured by ``pgfast bench``.
 - ``tx-sync``: 50 transactions of one SELECT each (BEGIN, SELECT, COMMIT):
   pgfast ``tx()`` vs psycopg's ``conn.transaction()`` on one connection.
 
@@ -135,6 +137,19 @@ def test_async_psycopg_raw_cursor(
     loop.run_until_complete(conn.close())
 
 
+@pytest.mark.benchmark(group="query-async")
+def test_async_asyncpg(benchmark: Any, pg_url: str, loop: asyncio.AbstractEventLoop) -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    conn = loop.run_until_complete(asyncpg.connect(pg_url))
+
+    async def run() -> None:
+        for i in range(SEQUENTIAL):
+            await conn.fetch("SELECT $1::int AS a", i)
+
+    benchmark(_run(loop, run))
+    loop.run_until_complete(conn.close())
+
+
 async def _psycopg_pool(url: str, size: int) -> psycopg_pool.AsyncConnectionPool:
     pool = psycopg_pool.AsyncConnectionPool(
         url, min_size=size, max_size=size, kwargs={"autocommit": True}, open=False
@@ -203,7 +218,47 @@ def test_concurrent_psycopg_pool(
     loop.run_until_complete(pool.close())
 
 
+@pytest.mark.parametrize("tasks", [10, 100])
+def test_concurrent_asyncpg_pool(
+    benchmark: Any, pg_url: str, loop: asyncio.AbstractEventLoop, tasks: int
+) -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    benchmark.group = f"concurrent-{tasks}"
+
+    async def make() -> Any:  # made in the running loop: it binds to it
+        return await asyncpg.create_pool(pg_url, min_size=10, max_size=10)
+
+    pool = loop.run_until_complete(make())
+
+    async def worker(n: int) -> None:
+        for i in range(PER_TASK):
+            await pool.fetch("SELECT $1::int AS a", n * i)
+
+    async def run() -> None:
+        await asyncio.gather(*(worker(n) for n in range(tasks)))
+
+    benchmark(_run(loop, run))
+    loop.run_until_complete(pool.close())
+
+
 # -- fetching many rows -----------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="fetch-10k-async")
+def test_fetch_async_pgfast(benchmark: Any, pg_url: str, loop: asyncio.AbstractEventLoop) -> None:
+    db = create_async_pool(pg_url, pool_size=1)
+    q = sql(FETCH)
+    rows = benchmark(_run(loop, lambda: db.query(q)))
+    assert len(rows) == 10000 and set(rows[0]) == {"id", "name", "score", "at"}
+    loop.run_until_complete(db.dispose())
+
+
+@pytest.mark.benchmark(group="fetch-10k-async")
+def test_fetch_asyncpg(benchmark: Any, pg_url: str, loop: asyncio.AbstractEventLoop) -> None:
+    asyncpg = pytest.importorskip("asyncpg")
+    conn = loop.run_until_complete(asyncpg.connect(pg_url))
+    assert len(benchmark(_run(loop, lambda: conn.fetch(FETCH)))) == 10000
+    loop.run_until_complete(conn.close())
 
 
 @pytest.mark.benchmark(group="fetch-10k")

@@ -1,5 +1,8 @@
 """``pgfast bench``: pgfast vs raw psycopg on the same server, in one short run.
 
+Peers follow the main table: asyncpg (when installed) and postgres.js (when
+``node`` and ``benches/node``'s packages are there), on the async cases.
+
 Against ``--url`` or ``$DATABASE_URL``, else a throwaway ``LocalCluster``
 started and always stopped by the command. Each case runs the same workload
 through a pgfast pool and through psycopg_pool + ``RawCursor`` with
@@ -15,16 +18,20 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
 import signal
 import statistics
+import subprocess
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from time import perf_counter
 from types import FrameType
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import psycopg
 import psycopg_pool
@@ -81,6 +88,16 @@ class CaseResult:
 
 
 @dataclass(frozen=True)
+class PeerResult:
+    """pgfast's async pool against other libraries on one workload (median ops/s)."""
+
+    name: str
+    title: str
+    pgfast_ops: float
+    peers: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Case:
     name: str
     title: str
@@ -109,6 +126,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         help=f"measured time per case and library (default {DEFAULT_DURATION:g})",
     )
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--same-cpu",
+        action="store_true",
+        help="throwaway server only: pin it to the client's CPU (library CPU cost shows)",
+    )
+    parser.add_argument("--no-peers", action="store_true", help="skip asyncpg and postgres.js")
     parser.add_argument(
         "--url", help="server to benchmark (default: $DATABASE_URL, else a throwaway server)"
     )
@@ -370,6 +393,134 @@ def run_cases(config: PoolConfig, duration: float) -> list[CaseResult]:
     return results
 
 
+# --- peers: asyncpg and postgres.js --------------------------------------------------
+
+NODE_DIR = Path(__file__).resolve().parent.parent / "benches" / "node"
+PEER_SELECT = "SELECT $1::int AS a"
+# name, title, tasks, pool size, rows per op
+PEER_CASES = (
+    ("sequential_async", "sequential round trips, one connection (async)", 1, 1, 1),
+    ("concurrent_10", "10 concurrent tasks, pool of 10 (async)", 10, POOL_SIZE, 1),
+    ("concurrent_100", "100 concurrent tasks, pool of 10 (async)", 100, POOL_SIZE, 1),
+    ("fetch_10k", f"fetch {FETCH_ROWS:,} rows x 4 cols, rows/s (async)", 1, 1, FETCH_ROWS),
+)
+
+
+def _login(config: PoolConfig) -> dict[str, Any]:
+    params = conninfo_to_dict(config.conninfo)
+    params.update(config.connect_kwargs)
+    return {
+        "host": str(params.get("host") or os.environ.get("PGHOST") or "localhost"),
+        "port": int(params.get("port") or os.environ.get("PGPORT") or 5432),
+        "user": params.get("user") or os.environ.get("PGUSER"),
+        "password": params.get("password") or os.environ.get("PGPASSWORD"),
+        "database": params.get("dbname") or os.environ.get("PGDATABASE"),
+    }
+
+
+async def _arate(op: AsyncOp, tasks: int, seconds: float) -> float:
+    start = perf_counter()
+    deadline = start + seconds
+
+    async def worker(n: int) -> int:
+        done = 0
+        while perf_counter() < deadline:
+            await op((n * 1000 + done) & 0xFFFF)
+            done += 1
+        return done
+
+    totals = await asyncio.gather(*(worker(n) for n in range(tasks)))
+    return sum(totals) / (perf_counter() - start)
+
+
+async def _peer_rates(config: PoolConfig, duration: float) -> list[PeerResult]:
+    try:
+        import asyncpg  # type: ignore[import-untyped]
+    except ImportError:
+        asyncpg = None
+    login = _login(config)
+    slice_ = duration / REPEATS
+    results: list[PeerResult] = []
+    for name, title, tasks, size, rows in PEER_CASES:
+        progress(f"[peers] {title} ...")
+        options = dict(POOL_OPTIONS, pool_size=size, min_size=size)
+        fetch = rows > 1
+        query = sql(FETCH) if fetch else None
+        async with create_async_pool(config.conninfo, **options) as db:
+
+            async def ours(i: int, db: Any = db, query: Any = query) -> list[Any]:
+                if query is not None:
+                    return list(await db.query(query))
+                return list(await db.query(sql("SELECT {}::int AS a", i)))
+
+            sides: list[tuple[str, AsyncOp]] = [("pgfast", ours)]
+            theirs: Any = None
+            if asyncpg is not None:
+                # One connection: asyncpg's own (its pool resets a connection,
+                # one more round trip, at every release); else its pool.
+                if size == 1:
+                    theirs = await asyncpg.connect(**login)
+                else:
+                    theirs = await asyncpg.create_pool(min_size=size, max_size=size, **login)
+
+                async def peer(i: int, pool: Any = theirs, fetch: bool = fetch) -> list[Any]:
+                    if fetch:
+                        return list(await pool.fetch(FETCH))
+                    return list(await pool.fetch(PEER_SELECT, i))
+
+                sides.append(("asyncpg", peer))
+            try:
+                runs: dict[str, list[float]] = {side: [] for side, _ in sides}
+                for _, op in sides:
+                    await _arate(op, tasks, min(0.2, duration / 4))
+                for i in range(REPEATS):
+                    for side, op in sides if i % 2 == 0 else sides[::-1]:
+                        runs[side].append(await _arate(op, tasks, slice_) * rows)
+            finally:
+                if theirs is not None:
+                    await theirs.close()
+        medians = {side: statistics.median(values) for side, values in runs.items()}
+        node = _postgresjs(login, name, duration)
+        if node is not None:
+            medians["postgres.js"] = node
+        ops = medians.pop("pgfast")
+        results.append(PeerResult(name, title, ops, medians))
+        shown = ", ".join(f"{peer} {value:,.0f}" for peer, value in medians.items())
+        progress(f"[peers] {title}: pgfast {ops:,.0f}; {shown or 'no peer installed'}")
+    return results
+
+
+def _postgresjs(login: dict[str, Any], name: str, duration: float) -> float | None:
+    """postgres.js's median ops/s on case ``name``; None without node or the package."""
+    node = shutil.which("node")
+    if node is None or not (NODE_DIR / "node_modules" / "postgres").is_dir():
+        return None
+    user = quote(str(login["user"] or ""), safe="")
+    password = quote(str(login["password"] or ""), safe="")
+    url = (
+        f"postgres://{user}:{password}@{login['host']}:{login['port']}/"
+        f"{quote(str(login['database'] or ''), safe='')}"
+    )
+    command = [node, str(NODE_DIR / "postgresjs.mjs"), url, name, str(duration), str(REPEATS)]
+    try:
+        done = subprocess.run(
+            command, capture_output=True, text=True, timeout=60 + 4 * duration, check=True
+        )
+        runs = json.loads(done.stdout.strip().splitlines()[-1])["runs"]
+    except (subprocess.SubprocessError, ValueError, KeyError, IndexError, OSError) as exc:
+        progress(f"[peers] postgres.js failed: {type(exc).__name__}")
+        return None
+    return float(statistics.median(runs))
+
+
+def run_peers(config: PoolConfig, duration: float) -> list[PeerResult]:
+    loop = _Loop()
+    try:
+        return loop.run(_peer_rates(config, duration))
+    finally:
+        loop.loop.close()
+
+
 # --- the command -------------------------------------------------------------------
 
 
@@ -383,6 +534,7 @@ class Report:
     duration: float
     cases: list[CaseResult]
     placement: str | None = None  # CPUs of client and throwaway server, when pinned
+    peers: list[PeerResult] = field(default_factory=list)
 
     def to_json(self) -> str:
         data = asdict(self)
@@ -407,6 +559,16 @@ class Report:
         ]
         for row in [header, *rows]:
             lines.append(f"{row[0]:<{width}}  {row[1]:>13}  {row[2]:>13}  {row[3]:>14}")
+        if self.peers:
+            names = sorted({peer for result in self.peers for peer in result.peers})
+            lines += ["", "peers (async; ratio = pgfast / peer):"]
+            for result in self.peers:
+                shown = "  ".join(
+                    f"{peer} {ops:,.0f} ({result.pgfast_ops / ops:.2f}x)"
+                    for peer in names
+                    if (ops := result.peers.get(peer))
+                )
+                lines.append(f"  {result.title}: pgfast {result.pgfast_ops:,.0f}  {shown}")
         return "\n".join(lines)
 
 
@@ -422,16 +584,17 @@ def connect_probe(config: PoolConfig) -> tuple[str, str]:
         raise Error(f"cannot connect to {address(config.conninfo)}: {reason}") from None
 
 
-def bench(url: str, duration: float, placement: str | None = None) -> Report:
+def bench(url: str, duration: float, placement: str | None = None, peers: bool = True) -> Report:
     """Run every case against ``url`` for ``duration`` seconds per case and library."""
     config = resolve_config(url, POOL_OPTIONS, "bench")
     server, version = connect_probe(config)
     progress(f"benchmarking {server} (PostgreSQL {version}), pgfast {IMPL} vs psycopg")
     try:
         cases = run_cases(config, duration)
+        peer_results = run_peers(config, duration) if peers else []
     except psycopg.Error as exc:
         raise Error(f"failed on {server}: {config.redact(str(exc))}") from None
-    return Report(server, version, IMPL, duration, cases, placement)
+    return Report(server, version, IMPL, duration, cases, placement, peer_results)
 
 
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
@@ -439,14 +602,27 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(128 + signum)
 
 
+def same_cpu(cluster: LocalCluster) -> str | None:
+    """Pin this process and the throwaway ``cluster`` to one CPU: the library's CPU cost shows."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpu = sorted(os.sched_getaffinity(0))[0]
+    try:
+        cluster.set_cpu_affinity([cpu])
+        os.sched_setaffinity(0, [cpu])
+    except OSError:
+        return None
+    return f"client and server on CPU {cpu}"
+
+
 @contextmanager
-def _throwaway_server() -> Iterator[tuple[str, str | None]]:
+def _throwaway_server(together: bool = False) -> Iterator[tuple[str, str | None]]:
     progress("DATABASE_URL is unset: starting a throwaway PostgreSQL server ...")
     previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         with LocalCluster() as cluster:
             progress(f"throwaway server running in {cluster.directory}")
-            placement = separate_cpus(cluster)
+            placement = same_cpu(cluster) if together else separate_cpus(cluster)
             if placement:
                 progress(placement)
             yield cluster.primary_url, placement
@@ -459,11 +635,12 @@ def handler(args: argparse.Namespace) -> int:
     """``pgfast bench``: print the table (or JSON); 1 when the server cannot be used."""
     url: str | None = args.url or os.environ.get("DATABASE_URL")
     try:
+        peers = not getattr(args, "no_peers", False)
         if url:
-            report = bench(url, args.duration)
+            report = bench(url, args.duration, None, peers)
         else:
-            with _throwaway_server() as (throwaway, placement):
-                report = bench(throwaway, args.duration, placement)
+            with _throwaway_server(getattr(args, "same_cpu", False)) as (throwaway, placement):
+                report = bench(throwaway, args.duration, placement, peers)
     except KeyboardInterrupt:
         progress("interrupted")
         return 130

@@ -615,14 +615,8 @@ class AsyncCluster:
         whole connect_timeout): they fail with a connection error, which
         routing takes as "nothing was sent", so reads and writes run elsewhere.
         """
-        pool = self._pools[j]._pool
-        async with pool._lock:
-            waiting = list(pool._waiting)
-            pool._waiting.clear()
-        for client in waiting:
-            await client.fail(
-                psycopg.OperationalError(f"{reason}: the wait for a connection was abandoned")
-            )
+        message = f"{reason}: the wait for a connection was abandoned"
+        await self._pools[j]._pool.fail_waiters(lambda: psycopg.OperationalError(message))
 
     # -- writes --------------------------------------------------------------
 

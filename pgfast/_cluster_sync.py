@@ -605,14 +605,8 @@ class Cluster:
         whole connect_timeout): they fail with a connection error, which
         routing takes as "nothing was sent", so reads and writes run elsewhere.
         """
-        pool = self._pools[j]._pool
-        with pool._lock:
-            waiting = list(pool._waiting)
-            pool._waiting.clear()
-        for client in waiting:
-            client.fail(
-                psycopg.OperationalError(f"{reason}: the wait for a connection was abandoned")
-            )
+        message = f"{reason}: the wait for a connection was abandoned"
+        self._pools[j]._pool.fail_waiters(lambda: psycopg.OperationalError(message))
 
     # -- writes --------------------------------------------------------------
 

@@ -39,6 +39,13 @@ class Deadline:
         self.ended = False
         self.cancel_sent: threading.Event | None = None
 
+    def snapshot(self) -> Deadline:
+        """A copy frozen in the current state, which disarming the original leaves alone."""
+        copy = Deadline(self.pgconn)
+        copy.state = self.state
+        copy.cancel_sent = self.cancel_sent
+        return copy
+
     @property
     def delivered(self) -> bool:
         """The server took the cancel request: it can no longer hit a later statement.

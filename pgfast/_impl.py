@@ -16,7 +16,7 @@ import importlib
 import os
 from types import ModuleType
 
-HOT_PATHS = ("_compose", "_classify", "_selector", "_flatten")
+HOT_PATHS = ("_compose", "_classify", "_selector", "_flatten", "_engine")
 
 
 def _flag(name: str) -> bool:
@@ -51,3 +51,4 @@ compose = _MODULES["_compose"]
 classify = _MODULES["_classify"]
 selector = _MODULES["_selector"]
 flatten = _MODULES["_flatten"]
+engine = _MODULES["_engine"]

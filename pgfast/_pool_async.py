@@ -19,10 +19,12 @@ Internal protocol for teammates (bulk loading, clusters): every queryable
 from __future__ import annotations
 
 import asyncio
+import contextlib  # async-only
 import copy
 import inspect
 import threading
 import weakref
+from collections import deque  # async-only
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from itertools import count, repeat
@@ -33,6 +35,9 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import AsyncRawCursor, AsyncRawServerCursor, generators
+from psycopg._preparing import Prepare
+from psycopg._queries import PostgresRawQuery
+from psycopg.adapt import Transformer
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import tuple_row
 
@@ -52,6 +57,7 @@ from ._exceptions import (
     QueryTimeoutError,
 )
 from ._frame import Sent, rewrite_error
+from ._pipeline import EXCLUSIVE_WORDS, MAX_DEPTH, Lane, first_word  # async-only
 from ._pool_common import (
     ADAPTERS,
     LIVENESS_CHECK_AFTER,
@@ -77,6 +83,7 @@ from ._pool_common import (
     safe_call,
     sweep_period,
 )
+from ._psycopg_pool_async import PsycopgPool, expire, expired
 from ._split import has_several_statements, several_statements_error
 from ._sql import sql
 
@@ -110,6 +117,8 @@ class _PgConnection(psycopg.AsyncConnection[Any]):
     # The deadline that sent a cancel request for this connection's statement
     # (query_timeout, or an interrupted task): see AsyncConnectionPool._release.
     _pgfast_cancel: Deadline | None = None
+    # psycopg's Transformer kept for pipelined statements (dumpers and loaders cached).
+    _pgfast_tx: Any = None
 
     @classmethod
     async def connect(cls, conninfo: str = "", **kwargs: Any) -> _PgConnection:
@@ -161,42 +170,6 @@ class _PgConnection(psycopg.AsyncConnection[Any]):
             safe_call(hook, "on_connection_closed")
 
 
-class _PsycopgPool(psycopg_pool.AsyncConnectionPool[Any]):
-    """psycopg_pool's pool with pgfast's idle sweep in place of its shrinking.
-
-    psycopg_pool closes at most one unused connection per ``max_idle`` period,
-    so a pool that grew to ``pool_size`` would take ``pool_size`` periods to
-    shrink; and the connections pgfast keeps hot are invisible to it. pgfast
-    passes a short ``max_idle`` (the sweep period) and, at each sweep, hands
-    stale hot connections back and closes every connection idle for longer
-    than ``idle_timeout``, down to ``min_size``.
-    """
-
-    _pgfast_owner: weakref.ref[AsyncConnectionPool]
-    _pgfast_idle_timeout: float | None
-
-    async def _shrink_pool(self) -> None:
-        owner = self._pgfast_owner()
-        if owner is not None:
-            await owner._cool_stale()
-        if self._pgfast_idle_timeout is None:
-            return
-        cutoff = monotonic() - self._pgfast_idle_timeout
-        closing: list[_PgConnection] = []
-        async with self._lock:
-            surplus = self._nconns - self._min_size
-            for conn in list(self._pool):
-                if len(closing) >= surplus:
-                    break
-                if conn._pgfast_idle_since <= cutoff:
-                    self._pool.remove(conn)
-                    closing.append(conn)
-            self._nconns -= len(closing)
-            self._nconns_min = len(self._pool)
-        for conn in closing:
-            await self._close_connection(conn)
-
-
 async def _behind_pooler(conn: _PgConnection) -> bool:
     """Whether a pooler or proxy stands between ``conn`` and its server process.
 
@@ -237,6 +210,57 @@ def _dicts(names: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]
         return [dict(zip(names, rows[0], strict=True))]
     # All in C: no per-row bytecode, no keyword arguments.
     return list(map(dict, map(zip, repeat(names), rows)))
+
+
+async def _send(
+    conn: _PgConnection,
+    text: str,
+    params: list[Any],
+    fetch: bool,
+    dicts: bool,
+    prepare: bool | None,
+) -> Any:
+    """Run one statement with parameters on psycopg's libpq layer: its rows (or, when
+    not ``fetch``, its row count).
+
+    What psycopg's cursor does for it, without the cursor: parameters dumped
+    by the connection's ``Transformer``, the connection's prepared statement
+    cache (client-unique names), psycopg's waiting (an interrupted statement
+    is cancelled and read to its end), psycopg's errors. Rows come from the
+    engine.
+    """
+    pgconn = conn.pgconn
+    tx = conn._pgfast_tx
+    if tx is None:
+        tx = conn._pgfast_tx = Transformer(conn)
+    pgq = PostgresRawQuery(tx)
+    pgq.convert(text, params)
+    manager = conn._prepared
+    if manager._to_flush:
+        await conn.wait(manager.maintain_gen(conn))
+    prep, name = manager.get(pgq, prepare)
+    if prep is Prepare.NO:
+        pgconn.send_query_params(pgq.query, pgq.params, pgq.types, pgq.formats)
+    else:
+        if prep is Prepare.SHOULD:
+            pgconn.send_prepare(name, pgq.query, pgq.types)
+            for result in await conn.wait(generators.execute(pgconn)):
+                if result.status == ExecStatus.FATAL_ERROR:
+                    raise psycopg.errors.error_from_result(result, encoding=conn._pgfast_encoding)
+        pgconn.send_query_prepared(name, pgq.params, pgq.formats)
+    key = manager.maybe_add_to_cache(pgq, prep, name)
+    results = await conn.wait(generators.execute(pgconn))
+    if key is not None:
+        manager.validate(key, prep, name, results)
+    result = results[-1]
+    status = result.status
+    if status == ExecStatus.FATAL_ERROR:
+        raise psycopg.errors.error_from_result(result, encoding=conn._pgfast_encoding)
+    if not fetch:
+        return result.command_tuples or 0
+    if status != TUPLES_OK:
+        return []
+    return _impl.engine.load_rows(tx, result, dicts, conn._pgfast_encoding)
 
 
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -297,10 +321,18 @@ class _AsyncQueryable(AsyncBulkMixin):
             await self._release(conn)
 
     async def _run(self, q: SQLQuery, fetch: bool, dicts: bool | None = None) -> Any:
-        # Never retried once sent: a statement whose connection died may have
-        # run, even committed. A pool hands out no connection known to be
-        # dead (see AsyncConnectionPool._acquire), so no retry is needed.
         text, params = q.format()
+        return await self._run_held(q, text, params, fetch, dicts)
+
+    async def _run_held(
+        self, q: SQLQuery, text: str, params: list[Any], fetch: bool, dicts: bool | None
+    ) -> Any:
+        """Run one statement on a connection held for it alone (or the queryable's own).
+
+        Never retried once sent: a statement whose connection died may have
+        run, even committed. A pool hands out no connection known to be
+        dead (see AsyncConnectionPool._acquire), so no retry is needed.
+        """
         if params and has_several_statements(text):
             raise several_statements_error()
         if self._sent is not None:
@@ -460,6 +492,17 @@ class AsyncConnectionPool(_AsyncQueryable):
         self._waiting = 0
         self._in_use = 0
         self._guard: asyncio.Future[None] | None = None  # async-only
+        # begin async-only
+        # Automatic pipelining: the connections in pipeline mode (lanes), the
+        # connections being checked out to become one, the callers waiting
+        # for room on a lane (in arrival order), and each text's routing.
+        self._pipeline = opts.pipeline
+        self._lanes: list[Lane] = []
+        self._lanes_opening = 0
+        self._slot_waiters: deque[asyncio.Future[None]] = deque()
+        self._routes: dict[str, bool] = {}
+        self._lane_releases: set[asyncio.Task[None]] = set()
+        # end async-only
         self._opened = False
         self._closed = False
         # Recently used idle connections, kept out of psycopg_pool (LIFO): the
@@ -478,7 +521,7 @@ class AsyncConnectionPool(_AsyncQueryable):
         self._connect_timeout = config.connect_timeout  # what libpq really waits per attempt
         idle_timeout = None if opts.idle_timeout is None else float(opts.idle_timeout)
         connection_class = type("_PgConnection", (_PgConnection,), {"_pgfast_pool": self})
-        self._pool = _PsycopgPool(
+        self._pool = PsycopgPool(
             config.conninfo,
             connection_class=connection_class,
             kwargs=kwargs,
@@ -523,12 +566,7 @@ class AsyncConnectionPool(_AsyncQueryable):
         self._connect_error = exc
         if self._live_connections():
             return
-        pool = self._pool
-        async with pool._lock:
-            waiting = list(pool._waiting)
-            pool._waiting.clear()
-        for client in waiting:
-            await client.fail(_fresh(exc))
+        await self._pool.fail_waiters(lambda: _fresh(exc))
 
     def _live_connections(self) -> int:
         """Open connections: busy ones (they come back), hot ones and psycopg_pool's idle ones."""
@@ -615,6 +653,9 @@ class AsyncConnectionPool(_AsyncQueryable):
         if self._closed:
             raise PoolClosedError(f"the pool {self._config.display!r} was disposed")
         hot = self._hot
+        if not hot and self._lanes:  # async-only
+            for parked in self._unpark_all():  # async-only
+                await self._release(parked)  # async-only
         with self._lock:
             conn = hot.pop() if hot else None
             if conn is None:
@@ -722,18 +763,20 @@ class AsyncConnectionPool(_AsyncQueryable):
             # here fires on_connection_closed.
             await conn.close()
         elif self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
-            conn._expire_at = now  # psycopg_pool closes it and opens a replacement
+            expire(conn, now)  # psycopg_pool closes it and opens a replacement
         else:
-            keep = conn.pgconn.transaction_status == IDLE and conn._expire_at > now
+            keep = conn.pgconn.transaction_status == IDLE and not expired(conn, now)
         hot = self._hot
         with self._lock:
             self._in_use -= 1
             if keep and not self._waiting and not self._closed:
                 hot.append(conn)
                 if now - hot[0]._pgfast_idle_since <= LIVENESS_CHECK_AFTER:
+                    self._wake_lane_waiter()  # async-only
                     return
                 conn = hot.pop(0)  # the oldest went stale: psycopg_pool takes it
         await self._pool.putconn(conn)
+        self._wake_lane_waiter()  # async-only
 
     async def _cool_stale(self) -> None:
         """Hand the hot connections unused for a while back to psycopg_pool (at each sweep)."""
@@ -752,6 +795,311 @@ class AsyncConnectionPool(_AsyncQueryable):
             conns, self._hot[:] = self._hot[:], []
         for conn in conns:
             await self._pool.putconn(conn)
+
+    # -- automatic pipelining --------------------------------------------------
+    # begin async-only
+
+    async def _run(self, q: SQLQuery, fetch: bool, dicts: bool | None = None) -> Any:
+        text, params = q.format()
+        if self._pipeline and self._pipelinable(text):
+            return await self._pipelined(q, text, params, fetch, dicts)
+        return await self._run_held(q, text, params, fetch, dicts)
+
+    def _pipelinable(self, text: str) -> bool:
+        """Whether ``text`` may share a connection with other callers' statements.
+
+        Not a statement changing the session or the transaction state (SET,
+        BEGIN, LISTEN, COPY, ...), nor several statements (the simple
+        protocol, which pipeline mode does not allow, runs those).
+        """
+        routes = self._routes
+        route = routes.get(text)
+        if route is None:
+            word = first_word(text)
+            route = bool(word) and word not in EXCLUSIVE_WORDS and not has_several_statements(text)
+            if len(routes) >= 4096:
+                routes.clear()
+            routes[text] = route
+        return route
+
+    async def _pipelined(
+        self, q: SQLQuery, text: str, params: list[Any], fetch: bool, dicts: bool | None
+    ) -> Any:
+        """Run one statement on a lane, behind whatever is in flight there."""
+        want_dicts = self._row_dicts if dicts is None else dicts
+        lane = self._free_lane() or await self._lane_slot()
+        self._queries += 1
+        if self._on_query_start is not None:
+            safe_call(self._on_query_start, "on_query_start", q, text, params)
+        prepare: bool | None = None
+        while True:
+            try:
+                entry = lane.send(text, params, fetch, want_dicts, prepare)
+            except BaseException as exc:
+                if not lane.entries and not lane.released:
+                    lane.drained()  # a parameter that could not be sent: nothing was
+                await self._claim_release(lane)
+                if isinstance(exc, psycopg.Error):
+                    self._failed(exc, q, text, params)
+                elif self._on_query_error is not None:
+                    safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
+                raise
+            if self._slot_waiters and lane.accepting and lane.depth < MAX_DEPTH:
+                self._wake_lane_waiter()
+            timeout = self._query_timeout
+            if timeout is not None:
+                lane.arm(entry, timeout)
+            assert entry.future is not None
+            try:
+                value = await entry.future
+            except asyncio.CancelledError as exc:
+                ended = lane.abandon(entry)
+                if ended is not None:
+                    # Its cancel request is on the way: wait (briefly) for the
+                    # statement to end, as psycopg does on a held connection.
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ended
+                await self._claim_release(lane)
+                if self._on_query_error is not None:
+                    safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
+                raise
+            except psycopg.Error as exc:
+                conn = lane.conn
+                if (
+                    isinstance(exc, PREPARED_ELSEWHERE)
+                    and entry.prep is not Prepare.NO
+                    and conn._pgfast_statement_prefix in str(exc)
+                ):
+                    # Not run: its prepared statement is unknown (or already
+                    # known) to the server connection a pooler picked.
+                    if entry.name not in lane.failed_prepares:
+                        self._pooler_found(conn, f"the server answered {exc.sqlstate}")
+                    prepare = False
+                    await self._claim_release(lane)
+                    lane = self._free_lane() or await self._lane_slot()
+                    continue
+                # Judged before the connection is released (and closed when broken).
+                writes = not is_read_only_text(text)
+                snapshot = entry.snapshot
+                outcome = self._statement_failed(exc, conn, snapshot, writes, q, text, params, None)
+                await self._claim_release(lane)
+                if outcome is exc:
+                    raise
+                raise outcome from exc
+            except BaseException as exc:  # query_timeout with others in flight, or a loader's error
+                await self._claim_release(lane)
+                if self._on_query_error is not None:
+                    safe_call(self._on_query_error, "on_query_error", q, text, params, exc)
+                raise
+            await self._claim_release(lane)
+            break
+        if self._on_query_results is not None:
+            safe_call(self._on_query_results, "on_query_results", q, text, params, value)
+        return value
+
+    async def _claim_release(self, lane: Lane) -> None:
+        """Give the drained lane's connection back to the pool, when it needs the slow
+        path, before the statement returns (as a held connection is)."""
+        if lane.pending_release is not None:
+            conn, lane.pending_release = lane.pending_release, None
+            await self._release(conn)
+
+    def _free_lane(self, waited: bool = False) -> Lane | None:
+        """A lane with room now: an idle connection made one, else the least loaded.
+
+        ``None`` when the caller should wait (behind earlier waiters, for
+        fairness) or check out a further connection (``_lane_slot``).
+        """
+        if self._closed:
+            raise PoolClosedError(f"the pool {self._config.display!r} was disposed")
+        if self._slot_waiters and not waited:
+            return None
+        lanes = self._lanes
+        for lane in list(lanes):
+            if lane.parked and lane.conn._pgfast_input_waiting():
+                # Whatever came (the server ending the session?) is read first.
+                lane.readable()
+            if lane.parked and self._keeps(lane):
+                return lane
+        conn = self._take_hot()
+        if conn is not None:
+            return self._new_lane(conn)
+        if not lanes:
+            return None
+        # Callers waiting for a connection of their own (a transaction, a
+        # stream) get one as soon as a lane drains: lanes stop taking work.
+        exclusive = self._waiting - self._lanes_opening
+        draining = sum(1 for lane in lanes if not lane.accepting)
+        best: Lane | None = None
+        for lane in lanes:
+            if lane.accepting and (best is None or lane.depth < best.depth):
+                best = lane
+        while exclusive > draining and best is not None:
+            best.accepting = False
+            draining += 1
+            best = None
+            for lane in lanes:
+                if lane.accepting and (best is None or lane.depth < best.depth):
+                    best = lane
+        if best is None or best.depth >= MAX_DEPTH:
+            return None
+        if best.depth and self._can_grow():
+            return None  # a connection of its own beats queueing behind others
+        if not self._keeps(best):
+            return self._free_lane(waited)  # that one drains and goes; another
+        return best
+
+    def _keeps(self, lane: Lane) -> bool:
+        """Count one more use of ``lane``'s connection; False when past its max_lifetime
+        (the lane then takes no more statements). The use that reaches max_uses is its last."""
+        conn = lane.conn
+        if expired(conn, monotonic()):
+            lane.accepting = False
+            if lane.parked:
+                lane.retire()
+            return False
+        conn._pgfast_uses += 1
+        if self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
+            lane.accepting = False
+        return True
+
+    def _may_park(self, lane: Lane) -> bool:
+        """Whether a drained lane may keep its connection: not while others wait for
+        one, nor past its max_lifetime."""
+        return (
+            not self._closed
+            and self._waiting <= self._lanes_opening
+            and not expired(lane.conn, monotonic())
+        )
+
+    def _unpark_all(self) -> list[_PgConnection]:
+        """Retire the parked lanes; their connections, when the pool must release them."""
+        conns = []
+        for lane in list(self._lanes):
+            if lane.parked:
+                lane.retire()
+                if lane.pending_release is not None:
+                    conns.append(lane.pending_release)
+                    lane.pending_release = None
+        return conns
+
+    def _can_grow(self) -> bool:
+        return self._in_use + self._lanes_opening < self._config.options.pool_size
+
+    def _take_hot(self) -> _PgConnection | None:
+        """A hot connection usable at once (as ``_acquire`` would hand out), or ``None``."""
+        hot = self._hot
+        if not hot:
+            return None
+        with self._lock:
+            if not hot or self._waiting > self._lanes_opening:
+                return None
+            conn = hot[-1]
+            if (
+                monotonic() - conn._pgfast_idle_since >= LIVENESS_CHECK_AFTER
+                or conn._pgfast_input_waiting()
+            ):
+                return None  # _acquire hands it to psycopg_pool for a check
+            hot.pop()
+            self._in_use += 1
+        conn._pgfast_uses += 1
+        return conn
+
+    def _new_lane(self, conn: _PgConnection) -> Lane:
+        lane = Lane(self, conn, asyncio.get_running_loop())
+        self._lanes.append(lane)
+        if self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
+            lane.accepting = False
+        return lane
+
+    async def _lane_slot(self) -> Lane:
+        """Wait for room on a lane, or check a connection out to make one."""
+        give_up = monotonic() + self._queue_timeout
+        waited = False
+        while True:
+            lane = self._free_lane(waited)
+            if lane is not None:
+                return lane
+            # With no lane at all, one caller at a time waits for a connection
+            # (the others wait for its lane): callers queued in psycopg_pool
+            # would stay there while a lane serves everyone else.
+            if self._can_grow() or not (self._lanes or self._lanes_opening):
+                self._lanes_opening += 1
+                try:
+                    conn = await self._acquire()
+                except BaseException:
+                    self._wake_lane_waiter()  # the next one tries in its turn
+                    raise
+                finally:
+                    self._lanes_opening -= 1
+                return self._new_lane(conn)
+            remaining = give_up - monotonic()
+            if remaining <= 0:
+                raise self._timeout_error()
+            waiter = asyncio.get_running_loop().create_future()
+            if waited:
+                self._slot_waiters.appendleft(waiter)  # keep its place in line
+            else:
+                self._slot_waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except BaseException as exc:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_lane_waiter()  # pass the wake-up on
+                if isinstance(exc, asyncio.TimeoutError):
+                    raise self._timeout_error() from None
+                raise
+            finally:
+                if waiter in self._slot_waiters:
+                    self._slot_waiters.remove(waiter)
+            waited = True
+
+    def _wake_lane_waiter(self) -> None:
+        waiters = self._slot_waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+    def _lane_gone(self, lane: Lane) -> None:
+        with contextlib.suppress(ValueError):
+            self._lanes.remove(lane)
+
+    def _return_lane_conn(self, lane: Lane, conn: _PgConnection) -> _PgConnection | None:
+        """A lane drained: its connection goes hot at once when nothing needs checking."""
+        now = monotonic()
+        kept = False
+        with self._lock:
+            if (
+                conn._pgfast_cancel is None
+                and not conn.closed
+                and conn.pgconn.transaction_status == IDLE
+                and not self._waiting
+                and not self._closed
+                and (self._max_uses is None or conn._pgfast_uses < self._max_uses)
+                and not expired(conn, now)
+            ):
+                conn._pgfast_idle_since = now
+                self._in_use -= 1
+                self._hot.append(conn)
+                kept = True
+        if kept:
+            self._wake_lane_waiter()
+            return None
+        # A caller of the lane releases it inline (as a held connection is
+        # released before its statement returns); failing that, a task does.
+        asyncio.get_running_loop().call_soon(self._release_unclaimed, lane)
+        return conn
+
+    def _release_unclaimed(self, lane: Lane) -> None:
+        conn, lane.pending_release = lane.pending_release, None
+        if conn is not None:
+            task = asyncio.get_running_loop().create_task(self._release(conn))
+            self._lane_releases.add(task)
+            task.add_done_callback(self._lane_releases.discard)
+
+    # end async-only
 
     # -- running statements --------------------------------------------------
 
@@ -845,38 +1193,45 @@ class AsyncConnectionPool(_AsyncQueryable):
             conn._pgfast_settle()  # an interrupted statement before this one has ended
         if self._on_query_start is not None:
             safe_call(self._on_query_start, "on_query_start", q, text, params)
-        cur = AsyncRawCursor(conn, row_factory=tuple_row)
         timeout = self._query_timeout
         deadline = None if timeout is None else arm_deadline(conn.pgconn, timeout)
         idle = conn.pgconn.transaction_status == IDLE
+        rows: list[Any] = []
+        count = 0
         try:
             if params:
+                want_dicts = self._row_dicts if dicts is None else dicts
                 try:
-                    await cur.execute(text, params)
+                    value = await _send(conn, text, params, fetch, want_dicts, None)
                 except PREPARED_ELSEWHERE as exc:
                     # Not run: its prepared statement is unknown (or already
                     # known) to the server connection a pooler picked.
                     if not (idle and conn._pgfast_statement_prefix in str(exc)):
                         raise
                     self._pooler_found(conn, f"the server answered {exc.sqlstate}")
-                    await cur.execute(text, params, prepare=False)
+                    value = await _send(conn, text, params, fetch, want_dicts, False)
+                if fetch:
+                    rows = value
+                else:
+                    count = value
             else:
                 # The simple protocol, which allows several statements: the
                 # last one gives the result.
+                cur = AsyncRawCursor(conn, row_factory=tuple_row)
                 await cur.execute(text)
                 while cur.nextset():
                     pass
-            result = cur.pgresult
-            rows: list[Any] = []
-            if not fetch:
-                count = max(cur.rowcount, 0)
-            elif result is None or result.status != TUPLES_OK:
-                pass
-            else:
-                rows = await cur.fetchall()
-                if self._row_dicts if dicts is None else dicts:
-                    names = _names(result, conn)
-                    rows = _dicts(names, rows)
+                result = cur.pgresult
+                rows = []
+                if not fetch:
+                    count = max(cur.rowcount, 0)
+                elif result is None or result.status != TUPLES_OK:
+                    pass
+                else:
+                    rows = await cur.fetchall()
+                    if self._row_dicts if dicts is None else dicts:
+                        names = _names(result, conn)
+                        rows = _dicts(names, rows)
         except psycopg.Error as exc:
             # A statement may echo values sent earlier in its transaction.
             writes = idle and not is_read_only_text(text)
@@ -1086,9 +1441,14 @@ class AsyncConnectionPool(_AsyncQueryable):
     def stats(self) -> dict[str, int]:
         """``size``, ``idle``, ``in_use``, ``waiting`` connections/callers and ``queries`` run."""
         in_use = self._in_use
+        waiting = self._waiting
+        waiting += len(self._slot_waiters)  # async-only
+        parked = sum(1 for lane in self._lanes if lane.parked)  # async-only
+        in_use -= parked  # async-only
         if self._opened and not self._closed:
             measures = self._pool.get_stats()
             idle = measures.get("pool_available", 0) + len(self._hot)
+            idle += parked  # async-only
             size = max(measures.get("pool_size", 0), in_use + idle)
         else:
             size, idle = in_use, 0
@@ -1096,7 +1456,7 @@ class AsyncConnectionPool(_AsyncQueryable):
             "size": size,
             "idle": idle,
             "in_use": in_use,
-            "waiting": self._waiting,
+            "waiting": waiting,
             "queries": self._queries,
         }
 
@@ -1112,6 +1472,11 @@ class AsyncConnectionPool(_AsyncQueryable):
         guard, self._guard = self._guard, None  # async-only
         if guard is not None and guard is not asyncio.current_task():  # async-only
             guard.cancel()  # async-only
+        for conn in self._unpark_all():  # async-only
+            await self._release(conn)  # async-only
+        while self._slot_waiters:  # async-only
+            # each woken waiter sees the pool closed  # async-only
+            self._wake_lane_waiter()  # async-only
         await self._pool.close()
         # After close, psycopg_pool closes what it is handed back.
         await self._cool_all()

@@ -35,6 +35,9 @@ from typing import Any, TypeVar
 import psycopg
 import psycopg_pool
 from psycopg import RawCursor, RawServerCursor, generators
+from psycopg._preparing import Prepare
+from psycopg._queries import PostgresRawQuery
+from psycopg.adapt import Transformer
 from psycopg.pq import ExecStatus, TransactionStatus
 from psycopg.rows import tuple_row
 
@@ -79,6 +82,7 @@ from ._pool_common import (
     safe_call,
     sweep_period,
 )
+from ._psycopg_pool_sync import PsycopgPool, expire, expired
 from ._split import has_several_statements, several_statements_error
 from ._sql import sql
 
@@ -111,6 +115,8 @@ class _PgConnection(psycopg.Connection[Any]):
     # The deadline that sent a cancel request for this connection's statement
     # (query_timeout, or an interrupted task): see AsyncConnectionPool._release.
     _pgfast_cancel: Deadline | None = None
+    # psycopg's Transformer kept for pipelined statements (dumpers and loaders cached).
+    _pgfast_tx: Any = None
 
     @classmethod
     def connect(cls, conninfo: str = "", **kwargs: Any) -> _PgConnection:
@@ -162,42 +168,6 @@ class _PgConnection(psycopg.Connection[Any]):
             safe_call(hook, "on_connection_closed")
 
 
-class _PsycopgPool(psycopg_pool.ConnectionPool[Any]):
-    """psycopg_pool's pool with pgfast's idle sweep in place of its shrinking.
-
-    psycopg_pool closes at most one unused connection per ``max_idle`` period,
-    so a pool that grew to ``pool_size`` would take ``pool_size`` periods to
-    shrink; and the connections pgfast keeps hot are invisible to it. pgfast
-    passes a short ``max_idle`` (the sweep period) and, at each sweep, hands
-    stale hot connections back and closes every connection idle for longer
-    than ``idle_timeout``, down to ``min_size``.
-    """
-
-    _pgfast_owner: weakref.ref[ConnectionPool]
-    _pgfast_idle_timeout: float | None
-
-    def _shrink_pool(self) -> None:
-        owner = self._pgfast_owner()
-        if owner is not None:
-            owner._cool_stale()
-        if self._pgfast_idle_timeout is None:
-            return
-        cutoff = monotonic() - self._pgfast_idle_timeout
-        closing: list[_PgConnection] = []
-        with self._lock:
-            surplus = self._nconns - self._min_size
-            for conn in list(self._pool):
-                if len(closing) >= surplus:
-                    break
-                if conn._pgfast_idle_since <= cutoff:
-                    self._pool.remove(conn)
-                    closing.append(conn)
-            self._nconns -= len(closing)
-            self._nconns_min = len(self._pool)
-        for conn in closing:
-            self._close_connection(conn)
-
-
 def _behind_pooler(conn: _PgConnection) -> bool:
     """Whether a pooler or proxy stands between ``conn`` and its server process.
 
@@ -238,6 +208,57 @@ def _dicts(names: list[str], rows: list[tuple[Any, ...]]) -> list[dict[str, Any]
         return [dict(zip(names, rows[0], strict=True))]
     # All in C: no per-row bytecode, no keyword arguments.
     return list(map(dict, map(zip, repeat(names), rows)))
+
+
+def _send(
+    conn: _PgConnection,
+    text: str,
+    params: list[Any],
+    fetch: bool,
+    dicts: bool,
+    prepare: bool | None,
+) -> Any:
+    """Run one statement with parameters on psycopg's libpq layer: its rows (or, when
+    not ``fetch``, its row count).
+
+    What psycopg's cursor does for it, without the cursor: parameters dumped
+    by the connection's ``Transformer``, the connection's prepared statement
+    cache (client-unique names), psycopg's waiting (an interrupted statement
+    is cancelled and read to its end), psycopg's errors. Rows come from the
+    engine.
+    """
+    pgconn = conn.pgconn
+    tx = conn._pgfast_tx
+    if tx is None:
+        tx = conn._pgfast_tx = Transformer(conn)
+    pgq = PostgresRawQuery(tx)
+    pgq.convert(text, params)
+    manager = conn._prepared
+    if manager._to_flush:
+        conn.wait(manager.maintain_gen(conn))
+    prep, name = manager.get(pgq, prepare)
+    if prep is Prepare.NO:
+        pgconn.send_query_params(pgq.query, pgq.params, pgq.types, pgq.formats)
+    else:
+        if prep is Prepare.SHOULD:
+            pgconn.send_prepare(name, pgq.query, pgq.types)
+            for result in conn.wait(generators.execute(pgconn)):
+                if result.status == ExecStatus.FATAL_ERROR:
+                    raise psycopg.errors.error_from_result(result, encoding=conn._pgfast_encoding)
+        pgconn.send_query_prepared(name, pgq.params, pgq.formats)
+    key = manager.maybe_add_to_cache(pgq, prep, name)
+    results = conn.wait(generators.execute(pgconn))
+    if key is not None:
+        manager.validate(key, prep, name, results)
+    result = results[-1]
+    status = result.status
+    if status == ExecStatus.FATAL_ERROR:
+        raise psycopg.errors.error_from_result(result, encoding=conn._pgfast_encoding)
+    if not fetch:
+        return result.command_tuples or 0
+    if status != TUPLES_OK:
+        return []
+    return _impl.engine.load_rows(tx, result, dicts, conn._pgfast_encoding)
 
 
 def _call(fn: Callable[..., Any], *args: Any) -> Any:
@@ -296,10 +317,18 @@ class _Queryable(BulkMixin):
             self._release(conn)
 
     def _run(self, q: SQLQuery, fetch: bool, dicts: bool | None = None) -> Any:
-        # Never retried once sent: a statement whose connection died may have
-        # run, even committed. A pool hands out no connection known to be
-        # dead (see AsyncConnectionPool._acquire), so no retry is needed.
         text, params = q.format()
+        return self._run_held(q, text, params, fetch, dicts)
+
+    def _run_held(
+        self, q: SQLQuery, text: str, params: list[Any], fetch: bool, dicts: bool | None
+    ) -> Any:
+        """Run one statement on a connection held for it alone (or the queryable's own).
+
+        Never retried once sent: a statement whose connection died may have
+        run, even committed. A pool hands out no connection known to be
+        dead (see AsyncConnectionPool._acquire), so no retry is needed.
+        """
         if params and has_several_statements(text):
             raise several_statements_error()
         if self._sent is not None:
@@ -475,7 +504,7 @@ class ConnectionPool(_Queryable):
         self._connect_timeout = config.connect_timeout  # what libpq really waits per attempt
         idle_timeout = None if opts.idle_timeout is None else float(opts.idle_timeout)
         connection_class = type("_PgConnection", (_PgConnection,), {"_pgfast_pool": self})
-        self._pool = _PsycopgPool(
+        self._pool = PsycopgPool(
             config.conninfo,
             connection_class=connection_class,
             kwargs=kwargs,
@@ -520,12 +549,7 @@ class ConnectionPool(_Queryable):
         self._connect_error = exc
         if self._live_connections():
             return
-        pool = self._pool
-        with pool._lock:
-            waiting = list(pool._waiting)
-            pool._waiting.clear()
-        for client in waiting:
-            client.fail(_fresh(exc))
+        self._pool.fail_waiters(lambda: _fresh(exc))
 
     def _live_connections(self) -> int:
         """Open connections: busy ones (they come back), hot ones and psycopg_pool's idle ones."""
@@ -705,9 +729,9 @@ class ConnectionPool(_Queryable):
             # here fires on_connection_closed.
             conn.close()
         elif self._max_uses is not None and conn._pgfast_uses >= self._max_uses:
-            conn._expire_at = now  # psycopg_pool closes it and opens a replacement
+            expire(conn, now)  # psycopg_pool closes it and opens a replacement
         else:
-            keep = conn.pgconn.transaction_status == IDLE and conn._expire_at > now
+            keep = conn.pgconn.transaction_status == IDLE and not expired(conn, now)
         hot = self._hot
         with self._lock:
             self._in_use -= 1
@@ -735,6 +759,8 @@ class ConnectionPool(_Queryable):
             conns, self._hot[:] = self._hot[:], []
         for conn in conns:
             self._pool.putconn(conn)
+
+    # -- automatic pipelining --------------------------------------------------
 
     # -- running statements --------------------------------------------------
 
@@ -828,38 +854,45 @@ class ConnectionPool(_Queryable):
             conn._pgfast_settle()  # an interrupted statement before this one has ended
         if self._on_query_start is not None:
             safe_call(self._on_query_start, "on_query_start", q, text, params)
-        cur = RawCursor(conn, row_factory=tuple_row)
         timeout = self._query_timeout
         deadline = None if timeout is None else arm_deadline(conn.pgconn, timeout)
         idle = conn.pgconn.transaction_status == IDLE
+        rows: list[Any] = []
+        count = 0
         try:
             if params:
+                want_dicts = self._row_dicts if dicts is None else dicts
                 try:
-                    cur.execute(text, params)
+                    value = _send(conn, text, params, fetch, want_dicts, None)
                 except PREPARED_ELSEWHERE as exc:
                     # Not run: its prepared statement is unknown (or already
                     # known) to the server connection a pooler picked.
                     if not (idle and conn._pgfast_statement_prefix in str(exc)):
                         raise
                     self._pooler_found(conn, f"the server answered {exc.sqlstate}")
-                    cur.execute(text, params, prepare=False)
+                    value = _send(conn, text, params, fetch, want_dicts, False)
+                if fetch:
+                    rows = value
+                else:
+                    count = value
             else:
                 # The simple protocol, which allows several statements: the
                 # last one gives the result.
+                cur = RawCursor(conn, row_factory=tuple_row)
                 cur.execute(text)
                 while cur.nextset():
                     pass
-            result = cur.pgresult
-            rows: list[Any] = []
-            if not fetch:
-                count = max(cur.rowcount, 0)
-            elif result is None or result.status != TUPLES_OK:
-                pass
-            else:
-                rows = cur.fetchall()
-                if self._row_dicts if dicts is None else dicts:
-                    names = _names(result, conn)
-                    rows = _dicts(names, rows)
+                result = cur.pgresult
+                rows = []
+                if not fetch:
+                    count = max(cur.rowcount, 0)
+                elif result is None or result.status != TUPLES_OK:
+                    pass
+                else:
+                    rows = cur.fetchall()
+                    if self._row_dicts if dicts is None else dicts:
+                        names = _names(result, conn)
+                        rows = _dicts(names, rows)
         except psycopg.Error as exc:
             # A statement may echo values sent earlier in its transaction.
             writes = idle and not is_read_only_text(text)
@@ -1069,6 +1102,7 @@ class ConnectionPool(_Queryable):
     def stats(self) -> dict[str, int]:
         """``size``, ``idle``, ``in_use``, ``waiting`` connections/callers and ``queries`` run."""
         in_use = self._in_use
+        waiting = self._waiting
         if self._opened and not self._closed:
             measures = self._pool.get_stats()
             idle = measures.get("pool_available", 0) + len(self._hot)
@@ -1079,7 +1113,7 @@ class ConnectionPool(_Queryable):
             "size": size,
             "idle": idle,
             "in_use": in_use,
-            "waiting": self._waiting,
+            "waiting": waiting,
             "queries": self._queries,
         }
 
