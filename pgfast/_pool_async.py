@@ -157,6 +157,12 @@ class _PgConnection(psycopg.AsyncConnection[Any]):
         """``cancel()``: it never blocks, whatever ``timeout``."""
         self.cancel()
 
+    def _pgfast_prepared_elsewhere(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says one of this connection's prepared statements is unknown
+        (26000) or already known (42P05) to the server connection a pooler picked:
+        the statement did not run."""
+        return isinstance(exc, PREPARED_ELSEWHERE) and self._pgfast_statement_prefix in str(exc)
+
     def _pgfast_settle(self) -> None:
         """The interrupted statement has ended: its cancel must not cut the link any more."""
         pending = self._pgfast_cancel
@@ -865,13 +871,7 @@ class AsyncConnectionPool(_AsyncQueryable):
                 raise
             except psycopg.Error as exc:
                 conn = lane.conn
-                if (
-                    isinstance(exc, PREPARED_ELSEWHERE)
-                    and entry.prep is not Prepare.NO
-                    and conn._pgfast_statement_prefix in str(exc)
-                ):
-                    # Not run: its prepared statement is unknown (or already
-                    # known) to the server connection a pooler picked.
+                if entry.prep is not Prepare.NO and conn._pgfast_prepared_elsewhere(exc):
                     if entry.name not in lane.failed_prepares:
                         self._pooler_found(conn, f"the server answered {exc.sqlstate}")
                     prepare = False
@@ -1204,9 +1204,7 @@ class AsyncConnectionPool(_AsyncQueryable):
                 try:
                     value = await _send(conn, text, params, fetch, want_dicts, None)
                 except PREPARED_ELSEWHERE as exc:
-                    # Not run: its prepared statement is unknown (or already
-                    # known) to the server connection a pooler picked.
-                    if not (idle and conn._pgfast_statement_prefix in str(exc)):
+                    if not (idle and conn._pgfast_prepared_elsewhere(exc)):
                         raise
                     self._pooler_found(conn, f"the server answered {exc.sqlstate}")
                     value = await _send(conn, text, params, fetch, want_dicts, False)

@@ -155,6 +155,12 @@ class _PgConnection(psycopg.Connection[Any]):
         """``cancel()``: it never blocks, whatever ``timeout``."""
         self.cancel()
 
+    def _pgfast_prepared_elsewhere(self, exc: BaseException) -> bool:
+        """Whether ``exc`` says one of this connection's prepared statements is unknown
+        (26000) or already known (42P05) to the server connection a pooler picked:
+        the statement did not run."""
+        return isinstance(exc, PREPARED_ELSEWHERE) and self._pgfast_statement_prefix in str(exc)
+
     def _pgfast_settle(self) -> None:
         """The interrupted statement has ended: its cancel must not cut the link any more."""
         pending = self._pgfast_cancel
@@ -865,9 +871,7 @@ class ConnectionPool(_Queryable):
                 try:
                     value = _send(conn, text, params, fetch, want_dicts, None)
                 except PREPARED_ELSEWHERE as exc:
-                    # Not run: its prepared statement is unknown (or already
-                    # known) to the server connection a pooler picked.
-                    if not (idle and conn._pgfast_statement_prefix in str(exc)):
+                    if not (idle and conn._pgfast_prepared_elsewhere(exc)):
                         raise
                     self._pooler_found(conn, f"the server answered {exc.sqlstate}")
                     value = _send(conn, text, params, fetch, want_dicts, False)
