@@ -822,8 +822,7 @@ class ConnectionPool(_Queryable):
         """
         if conn._pgfast_cancel is not None:
             conn._pgfast_settle()  # the interrupted statement has ended
-        timeout = self._query_timeout
-        deadline = None if timeout is None else arm_deadline(conn.pgconn, timeout)
+        deadline = self._arm(conn)
         try:
             if statement.startswith("ROLLBACK"):
                 conn.execute(statement)
@@ -860,8 +859,7 @@ class ConnectionPool(_Queryable):
             conn._pgfast_settle()  # an interrupted statement before this one has ended
         if self._on_query_start is not None:
             safe_call(self._on_query_start, "on_query_start", q, text, params)
-        timeout = self._query_timeout
-        deadline = None if timeout is None else arm_deadline(conn.pgconn, timeout)
+        deadline = self._arm(conn)
         idle = conn.pgconn.transaction_status == IDLE
         rows: list[Any] = []
         count = 0
@@ -948,14 +946,18 @@ class ConnectionPool(_Queryable):
             )
         return exc
 
+    def _arm(self, conn: _PgConnection) -> Deadline | None:
+        """The ``query_timeout`` deadline of a statement about to be sent on ``conn``."""
+        timeout = self._query_timeout
+        return None if timeout is None else arm_deadline(conn.pgconn, timeout)
+
     @contextmanager
     def _deadline(self, conn: _PgConnection) -> Iterator[None]:
         """``query_timeout`` around one step that commits nothing (a stream's fetches)."""
-        timeout = self._query_timeout
-        if timeout is None:
+        deadline = self._arm(conn)
+        if deadline is None:
             yield
             return
-        deadline = arm_deadline(conn.pgconn, timeout)
         try:
             yield
         except psycopg.Error as exc:
@@ -980,8 +982,7 @@ class ConnectionPool(_Queryable):
         self._queries += len(queries)
         cursors: list[RawCursor[Any]] = []
         started = 0
-        timeout = self._query_timeout
-        deadline = None if timeout is None else arm_deadline(conn.pgconn, timeout)
+        deadline = self._arm(conn)
         idle = conn.pgconn.transaction_status == IDLE
         try:
             # One round trip: psycopg's pipeline mode, inside one transaction
