@@ -273,13 +273,8 @@ class Lane:
         """``entry``'s Sync arrived: its caller gets its rows, count or error."""
         self.reads += 1
         manager = self.conn._prepared
-        _ended(entry)
-        if entry.timer is not None:
-            entry.timer.cancel()
-        deadline = entry.deadline
+        deadline = _settle(entry)
         if deadline is not None:
-            entry.snapshot = deadline.snapshot()
-            disarm_deadline(deadline)
             self.conn._pgfast_cancel = deadline  # checked when the lane is released
         if entry.key is not None:
             got = [r for r in (entry.error, entry.result) if r is not None]
@@ -320,13 +315,7 @@ class Lane:
         if not any(entry.future is not None and not entry.abandoned for entry in entries):
             self.pool._report(exc)  # no caller gets it: the error hook does
         for entry in entries:
-            _ended(entry)
-            if entry.timer is not None:
-                entry.timer.cancel()
-            deadline = entry.deadline
-            if deadline is not None:
-                entry.snapshot = deadline.snapshot()
-                disarm_deadline(deadline)
+            _settle(entry)
             future = entry.future
             if entry.abandoned or future is None or future.done():
                 continue
@@ -470,6 +459,19 @@ def _ended(entry: Entry) -> None:
     waiter = entry.waiter
     if waiter is not None and not waiter.done():
         waiter.set_result(None)
+
+
+def _settle(entry: Entry) -> Deadline | None:
+    """``entry``'s statement has ended (answered, or its link died): wake whoever
+    waits for that, stop its timer and its deadline; the deadline, if any."""
+    _ended(entry)
+    if entry.timer is not None:
+        entry.timer.cancel()
+    deadline = entry.deadline
+    if deadline is not None:
+        entry.snapshot = deadline.snapshot()
+        disarm_deadline(deadline)
+    return deadline
 
 
 def _copy(exc: psycopg.Error) -> psycopg.Error:
