@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from ._classify_py import _SPACE, _ident_cont, _ident_start
 from ._sql import is_sql_query, sql
 
 if TYPE_CHECKING:
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
 
 __all__ = ["has_several_statements", "several_statements_error", "split", "statement_keyword"]
 
-_SPACE = " \t\n\r\f\v"
 # Between the two halves of a continued string literal ('a'\n'b'): PostgreSQL
 # allows only whitespace and -- comments, with at least one newline.
 _HORIZONTAL = " \t\f\v"
@@ -44,14 +44,6 @@ class _Statement(NamedTuple):
 
 class LexError(ValueError):
     """Text that PostgreSQL would reject before splitting: an unterminated token."""
-
-
-def _ident_start(c: str) -> bool:
-    return "a" <= c <= "z" or "A" <= c <= "Z" or c == "_" or c >= "\x80"
-
-
-def _ident_cont(c: str) -> bool:
-    return _ident_start(c) or "0" <= c <= "9" or c == "$"
 
 
 def _unterminated(text: str, at: int, what: str) -> LexError:
@@ -152,7 +144,6 @@ def _statements(text: str, scs: bool = True, limit: int = 0) -> list[_Statement]
     params: list[tuple[int, int, int]] = []
     paren = 0
     # psql's heuristic for CREATE FUNCTION ... BEGIN ATOMIC ... END bodies.
-    words = 0
     first: list[str] = []
     begin = 0
     i = 0
@@ -176,7 +167,6 @@ def _statements(text: str, scs: bool = True, limit: int = 0) -> list[_Statement]
             start = i + 1
             content = False
             params = []
-            words = 0
             first = []
             i += 1
             continue
@@ -201,7 +191,6 @@ def _statements(text: str, scs: bool = True, limit: int = 0) -> list[_Statement]
                 i = j
                 if len(first) < 4:
                     first.append(_PSQL_WORDS.get(word, ""))
-                words += 1
                 if paren == 0 and _in_routine(first):
                     if word == "begin":
                         begin += 1
