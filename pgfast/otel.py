@@ -466,8 +466,7 @@ class _Instrumentation:
                 _IN_TRANSACTION.set(max(0, _IN_TRANSACTION.get() - 1))
         if token is not None:
             context.detach(token)
-        if self.cluster is not None and not _IN_TRANSACTION.get():
-            _clear_route(self.cluster)
+        self._ended()
         if self.closing and not self._open_transactions():
             self._unhook("_on_transaction", self.hooks[_HOOKS.index("_on_transaction")])
 
