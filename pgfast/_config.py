@@ -150,8 +150,7 @@ class PoolConfig:
     """Everything a pool needs to open connections.
 
     ``conninfo`` is the connection string without pgfast's own options (libpq
-    refuses them); ``connect_timeout`` the seconds each connection attempt
-    really gets (the same as ``options.connect_timeout``).
+    refuses them).
 
     ``secrets`` (the passwords to redact) is an immutable snapshot, replaced
     atomically when a password callable returns a new value, so it can be
@@ -163,7 +162,6 @@ class PoolConfig:
     options: ResolvedOptions
     display: str
     secrets: frozenset[str] = frozenset()
-    connect_timeout: float = ResolvedOptions.connect_timeout
     _static: frozenset[str] = field(init=False)
     _recent: deque[str] = field(init=False)
     _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
@@ -171,6 +169,11 @@ class PoolConfig:
     def __post_init__(self) -> None:
         self.secrets = self._static = frozenset(self.secrets)
         self._recent = deque(maxlen=PASSWORD_HISTORY)
+
+    @property
+    def connect_timeout(self) -> float:
+        """The seconds each connection attempt really gets."""
+        return self.options.connect_timeout
 
     def __repr__(self) -> str:
         return f"<pgfast.PoolConfig {self.display!r} {self.options!r}>"
@@ -777,5 +780,4 @@ def resolve_config(
         options=dataclasses.replace(opts, **overrides),
         display=_describe(params),
         secrets=frozenset(secrets),
-        connect_timeout=connect_timeout,
     )
