@@ -301,25 +301,14 @@ class AsyncCluster:
             while (j := await self._pick(exclude)) >= 0:
                 if self._on_route is not None:
                     self._on_route("read")
+                block = None
                 try:
                     block, conn, pgconn = await self._enter_node(j)
-                except BaseException as exc:  # a cancellation too must release it
-                    self._state.selector.release(j)
-                    if not isinstance(exc, Exception):
-                        raise
-                    failure = classify_failure(exc)
-                    if failure is Failure.QUERY_ERROR:
-                        raise
-                    if failure is Failure.RERUN_ON_PRIMARY:
-                        break
-                    await self._node_down(j, str(exc))
-                    exclude |= 1 << j
-                    continue
-                try:
                     tx_block = conn.transaction(**options)
                     tx = await tx_block.__aenter__()
-                except BaseException as exc:
-                    await self._exit_node(j, block, pgconn, exc)
+                except BaseException as exc:  # a cancellation too must release it
+                    if block is not None:  # a failed _enter_node left nothing behind
+                        await self._exit_node(j, block, pgconn, exc)
                     self._state.selector.release(j)
                     if not isinstance(exc, Exception):
                         raise
@@ -504,14 +493,13 @@ class AsyncCluster:
                 self._on_route("read")
             result = cast(T, None)  # op's result, once it returned
             try:
-                async with self._pools[j].connection() as conn:
-                    pgconn = _pgconn(conn)
-                    try:
-                        if not state.track(j, pgconn):
-                            raise psycopg.OperationalError(f"{state.names[j]} left rotation")
-                        result = await op(conn)
-                    finally:
-                        state.untrack(j, pgconn)
+                block, conn, pgconn = await self._enter_node(j)
+                try:
+                    result = await op(conn)
+                except BaseException as exc:
+                    await self._exit_node(j, block, pgconn, exc)
+                    raise
+                await self._exit_node(j, block, pgconn, None)
             except PostCommitError as exc:
                 # A read-only transaction's steps run when its connection is handed back.
                 exc.result = result

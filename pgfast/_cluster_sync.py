@@ -299,25 +299,14 @@ class Cluster:
             while (j := self._pick(exclude)) >= 0:
                 if self._on_route is not None:
                     self._on_route("read")
+                block = None
                 try:
                     block, conn, pgconn = self._enter_node(j)
-                except BaseException as exc:  # a cancellation too must release it
-                    self._state.selector.release(j)
-                    if not isinstance(exc, Exception):
-                        raise
-                    failure = classify_failure(exc)
-                    if failure is Failure.QUERY_ERROR:
-                        raise
-                    if failure is Failure.RERUN_ON_PRIMARY:
-                        break
-                    self._node_down(j, str(exc))
-                    exclude |= 1 << j
-                    continue
-                try:
                     tx_block = conn.transaction(**options)
                     tx = tx_block.__enter__()
-                except BaseException as exc:
-                    self._exit_node(j, block, pgconn, exc)
+                except BaseException as exc:  # a cancellation too must release it
+                    if block is not None:  # a failed _enter_node left nothing behind
+                        self._exit_node(j, block, pgconn, exc)
                     self._state.selector.release(j)
                     if not isinstance(exc, Exception):
                         raise
@@ -496,14 +485,13 @@ class Cluster:
                 self._on_route("read")
             result = cast(T, None)  # op's result, once it returned
             try:
-                with self._pools[j].connection() as conn:
-                    pgconn = _pgconn(conn)
-                    try:
-                        if not state.track(j, pgconn):
-                            raise psycopg.OperationalError(f"{state.names[j]} left rotation")
-                        result = op(conn)
-                    finally:
-                        state.untrack(j, pgconn)
+                block, conn, pgconn = self._enter_node(j)
+                try:
+                    result = op(conn)
+                except BaseException as exc:
+                    self._exit_node(j, block, pgconn, exc)
+                    raise
+                self._exit_node(j, block, pgconn, None)
             except PostCommitError as exc:
                 # A read-only transaction's steps run when its connection is handed back.
                 exc.result = result
