@@ -258,8 +258,8 @@ class FaultProxy:
         returns how many there were."""
 
         def apply() -> int:
-            links = {id(link): link for link in self._links.values()}
-            for link in links.values():
+            links = self._each_link()
+            for link in links:
                 self._close_link(link, abort=True)
             return len(links)
 
@@ -328,8 +328,12 @@ class FaultProxy:
                 box.append(exc)
             done.set()
 
+    def _each_link(self) -> list[_Link]:
+        """Every open link once (``_links`` holds each under both its sockets)."""
+        return [link for sock, link in self._links.items() if sock is link.client]
+
     def _shutdown(self) -> None:
-        for link in {id(link): link for link in self._links.values()}.values():
+        for link in self._each_link():
             self._close_link(link, abort=False)
         self._run_calls()  # nobody waits forever on a control sent during stop()
         for sock in (self._listener, self._wake_r, self._wake_w):
@@ -417,7 +421,7 @@ class FaultProxy:
         if self._stalled:
             return
         now = time.monotonic()
-        for link in list({id(link): link for link in self._links.values()}.values()):
+        for link in self._each_link():
             if link.connecting:
                 continue
             for direction in (link.up, link.down):
