@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,10 @@ if TYPE_CHECKING:
 # The most statements in flight on one connection: past it, callers wait
 # for a slot (in arrival order) rather than queue behind slow statements.
 MAX_DEPTH = 64
+# The most statements written on one lane in one event-loop turn: statements
+# ready together go out together on one connection (one write, one wake-up
+# of one server process), up to this many, before another lane is used.
+TURN_BATCH = 16
 # A drained lane stays in pipeline mode this long (seconds), watched by its
 # reader, for the next statements: the common case of a busy service, where
 # leaving and re-entering would cost more than the statement itself.
@@ -164,8 +169,15 @@ class Lane:
         # sent under that name meets "does not exist" (26000), which then
         # says nothing about a pooler.
         self.failed_prepares: set[bytes] = set()
+        # Statements written in this event-loop turn: the turn's next ones join them.
+        self.turn_writes = 0
         pgconn.enter_pipeline_mode()
         loop.add_reader(self.fd, self.readable)
+        # libpq (before 17) flushes each Sync: on Linux TCP the lane corks its
+        # socket from the turn's second statement on, so that the batch
+        # leaves in one segment, waking the server once, when the turn ends.
+        self.corker = _corker(self.fd)
+        self.corked = False
 
     @property
     def depth(self) -> int:
@@ -193,6 +205,11 @@ class Lane:
         self.parked = False
         manager = self.conn._prepared
         pgconn = self.pgconn
+        if not self.turn_writes:
+            self.loop.call_soon(self._end_turn)
+        elif not self.corked and self.corker is not None:
+            self.corked = _cork(self.corker, True)
+        self.turn_writes += 1
         try:
             if manager._to_flush:
                 self._flush_deallocations()
@@ -212,6 +229,13 @@ class Lane:
             raise
         self.entries.append(entry)
         self._flush()
+
+    def _end_turn(self) -> None:
+        """The event-loop turn is over: what the lane corked leaves now."""
+        self.turn_writes = 0
+        if self.corked and self.corker is not None:
+            self.corked = False
+            _cork(self.corker, False)  # (were it to fail, the kernel lets it out within 200 ms)
 
     def _flush_deallocations(self) -> None:
         """Deallocate what the prepare manager evicted (or everything, after a DROP/ROLLBACK)."""
@@ -374,6 +398,13 @@ class Lane:
         return None
 
     def _unwatch(self) -> None:
+        corker, self.corker = self.corker, None
+        if corker is not None:
+            if self.corked:
+                self.corked = False
+                _cork(corker, False)  # before anyone else writes on the connection
+            # The duplicate would keep the TCP connection open after libpq closed it.
+            corker.close()
         if self.writing:
             self.writing = False
             self.loop.remove_writer(self.fd)
@@ -453,6 +484,30 @@ class Lane:
                 logger.debug("pgfast: leaving pipeline mode failed: %s", exc)
                 self.pgconn.finish()
         self.pending_release = self.pool._return_lane_conn(self, self.conn)
+
+
+def _corker(fd: int) -> socket.socket | None:
+    """A duplicate of a TCP connection's socket, to cork it with; None where
+    corking is not available (not Linux, a Unix-domain socket)."""
+    if not hasattr(socket, "TCP_CORK"):
+        return None
+    try:
+        sock = socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError:
+        return None
+    if not _cork(sock, False):
+        sock.close()
+        return None
+    return sock
+
+
+def _cork(sock: socket.socket, on: bool) -> bool:
+    """Hold back (``on``) or let out the socket's writes; False when that failed."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_CORK, on)
+    except OSError:
+        return False
+    return True
 
 
 def _ended(entry: Entry) -> None:

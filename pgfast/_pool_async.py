@@ -57,7 +57,7 @@ from ._exceptions import (
     QueryTimeoutError,
 )
 from ._frame import Sent, rewrite_error
-from ._pipeline import EXCLUSIVE_WORDS, MAX_DEPTH, Lane, first_word  # async-only
+from ._pipeline import EXCLUSIVE_WORDS, MAX_DEPTH, TURN_BATCH, Lane, first_word  # async-only
 from ._pool_common import (
     ADAPTERS,
     LIVENESS_CHECK_AFTER,
@@ -915,6 +915,10 @@ class AsyncConnectionPool(_AsyncQueryable):
         if self._slot_waiters and not waited:
             return None
         lanes = self._lanes
+        for lane in lanes:
+            # Statements ready in the same event-loop turn travel together.
+            if 0 < lane.turn_writes < TURN_BATCH and lane.accepting and self._keeps(lane):
+                return lane
         for lane in list(lanes):
             if lane.parked and lane.conn._pgfast_input_waiting():
                 # Whatever came (the server ending the session?) is read first.

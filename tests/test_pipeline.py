@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import select
+import socket
 import threading
 import uuid
 from collections import deque
@@ -23,6 +24,7 @@ from hypothesis import strategies as st
 from psycopg.adapt import Transformer
 
 from pgfast._exceptions import CommitUnknownError, QueryTimeoutError
+from pgfast._pipeline import TURN_BATCH
 from pgfast._pool import create_async_pool
 from pgfast._pool_async import AsyncConnectionPool
 from pgfast._sql import sql
@@ -201,13 +203,84 @@ async def test_terminated_backend_fails_every_caller_in_flight_and_runs_nothing_
         assert db.stats()["in_use"] == 0
 
 
+async def test_statements_of_one_loop_turn_share_one_connection(pg_url: str) -> None:
+    async with create_async_pool(pg_url, pool_size=4, min_size=4) as db:
+        await db.query(sql("SELECT 1"))
+
+        async def pids(n: int) -> list[int]:
+            return await asyncio.gather(
+                *(db.query_value(sql("SELECT pg_backend_pid() + {}", 0)) for _ in range(n))
+            )
+
+        assert len(set(await pids(TURN_BATCH))) == 1
+        two = await pids(2 * TURN_BATCH)
+        # A full batch, then another connection.
+        assert two[:TURN_BATCH] == [two[0]] * TURN_BATCH
+        assert two[0] not in two[TURN_BATCH:]
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux's")
+async def test_a_batch_is_corked_until_the_turn_ends(pg_url: str) -> None:
+    corked: list[list[int]] = []
+
+    def on_start(*args: Any) -> None:
+        corked.append(
+            [
+                lane.corker.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+                for lane in db._lanes
+                if lane.corker is not None
+            ]
+        )
+
+    async with create_async_pool(pg_url, pool_size=2, on_query_start=on_start) as db:
+        await db.query(sql("SELECT 1"))  # a parked lane
+        corked.clear()
+        assert await asyncio.gather(
+            *(db.query_value(sql("SELECT {}::int", i)) for i in range(4))
+        ) == [0, 1, 2, 3]
+        # The turn's first statement leaves at once; from the second on (the
+        # hook runs before a statement is written), the socket is corked.
+        assert corked == [[0], [0], [1], [1]]
+        lanes = list(db._lanes)
+        assert lanes and all(not lane.corked for lane in lanes)
+        for lane in lanes:
+            assert lane.corker is not None
+            assert lane.corker.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK) == 0
+
+
+async def test_disposed_pool_leaves_no_session_behind(pg_url: str) -> None:
+    """A lane's corking socket is a duplicate: it must not keep a closed connection open."""
+    async with create_async_pool(pg_url, pool_size=3) as db:
+        pids = set(
+            await asyncio.gather(
+                *(db.query_value(sql("SELECT pg_backend_pid() + {}", 0)) for _ in range(40))
+            )
+        )
+        # Held here, so that only closing them (not collection) can end them.
+        corkers = [lane.corker for lane in db._lanes if lane.corker is not None]
+    if hasattr(socket, "TCP_CORK"):
+        assert corkers
+    assert all(corker.fileno() == -1 for corker in corkers)
+    async with create_async_pool(pg_url, pipeline=False) as probe:
+        for _ in range(200):
+            alive = await probe.query_value(
+                sql("SELECT count(*) FROM pg_stat_activity WHERE pid = ANY({})", list(pids))
+            )
+            if alive == 0:
+                break
+            await asyncio.sleep(0.02)
+        assert alive == 0
+
+
 async def test_server_restart_with_a_full_pipeline(restartable: LocalCluster) -> None:
     url = restartable.primary_url
     name = sql.ident(f"r_{uuid.uuid4().hex[:12]}")
     async with create_async_pool(url, pool_size=2, queue_timeout=30) as db:
         await db.execute(sql("CREATE TABLE {} (id int PRIMARY KEY)", name))
-        slow = [asyncio.ensure_future(db.query(sql("SELECT pg_sleep(10)"))) for _ in range(2)]
-        await _in_flight(db, 2)
+        slow = []
+        for _ in range(2):  # one per connection: statements of one loop turn share one
+            slow.append(asyncio.ensure_future(db.query(sql("SELECT pg_sleep(10)"))))
+            await _in_flight(db, len(slow))
         writes = [
             asyncio.ensure_future(db.execute(sql("INSERT INTO {} VALUES ({})", name, i)))
             for i in range(60)
