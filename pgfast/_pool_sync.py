@@ -87,7 +87,6 @@ from ._split import has_several_statements, several_statements_error
 from ._sql import sql
 
 T = TypeVar("T")
-ASYNC = False
 E = TypeVar("E", bound=BaseException)
 IDLE = TransactionStatus.IDLE
 TUPLES_OK = ExecStatus.TUPLES_OK
@@ -267,23 +266,15 @@ def _send(
     return _impl.engine.load_rows(tx, result, dicts, conn._pgfast_encoding)
 
 
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call ``fn``; await its result when it is awaitable (async pools take async callables)."""
-    result = fn(*args)
-    return result
-
-
 def _settle(result: T, method: str) -> T:
-    """The result of the function given to ``tx`` / ``task``, checked for its flavour.
+    """The result of the function given to ``tx`` / ``task``, of the pool's own flavour.
 
-    An async pool awaits it; a sync pool refuses an ``async def``, whose
-    coroutine would otherwise never run (and the transaction commit nothing).
+    A function of the other flavour is refused: given a coroutine function, a
+    sync pool would never run its body (and commit an empty transaction).
     """
-    if inspect.isawaitable(result) != ASYNC:
+    if inspect.isawaitable(result):
         if inspect.iscoroutine(result):
-            result.close()  # never awaited: no RuntimeWarning
-        if ASYNC:
-            raise TypeError(f"{method}() on an async pool takes an async function (async def)")
+            result.close()  # it will never run: close it, without a RuntimeWarning
         raise TypeError(
             f"{method}() on a sync pool takes a plain function, not an async def "
             "(its coroutine would never run): use create_async_pool for async code"
@@ -530,12 +521,12 @@ class ConnectionPool(_Queryable):
 
     def _connect_kwargs(self) -> dict[str, Any]:
         """psycopg's connect() kwargs for one new connection (a password callable
-        is called, and awaited when async, each time)."""
+        is called each time)."""
         config = self._config
         password = config.options.password
         if not callable(password):
             return dict(config.connect_kwargs, context=ADAPTERS)
-        value = _call(password)
+        value = password()
         return dict(config.kwargs_with_password(value), context=ADAPTERS)
 
     def __repr__(self) -> str:
@@ -571,7 +562,7 @@ class ConnectionPool(_Queryable):
             if self._prepare_threshold is not None and _behind_pooler(conn):
                 self._pooler_found(conn, "its backend process id is not the one it was told")
             if opts.configure is not None:
-                _call(opts.configure, conn)
+                opts.configure(conn)
                 # It runs in autocommit mode; whatever it left open is committed.
                 if conn.pgconn.transaction_status != IDLE:
                     conn.execute("COMMIT")
@@ -1201,7 +1192,7 @@ class Connection(_Queryable):
         errors: list[BaseException] = []
         for step in steps:
             try:
-                _call(step)
+                step()
             except Exception as exc:
                 if pending is None:
                     errors.append(exc)

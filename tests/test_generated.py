@@ -114,3 +114,54 @@ def test_async_generator_annotation_gets_its_return_type() -> None:
     assert _tool().convert(source) == (
         "def rows() -> Generator[dict[str, int], None, None]:\n    yield {}\n"
     )
+
+
+def test_sync_branches_are_kept_dedented() -> None:
+    source = (
+        "async def f(fn):\n"
+        "    if True:  # ASYNC\n"
+        "        value = await fn()\n"
+        "        # still the async body\n"
+        "    else:\n"
+        "        # the sync code\n"
+        "        value = fn()\n"
+        "        if value:\n"
+        '            value = """a\n'
+        '        b"""\n'
+        "\n"
+        "    if False:  # ASYNC: sync only\n"
+        "        check(value)\n"
+        "    if True:  # ASYNC\n"
+        "        await flush()\n"
+        "    return value\n"
+    )
+    assert _tool().convert(source) == (
+        "def f(fn):\n"
+        "    # the sync code\n"
+        "    value = fn()\n"
+        "    if value:\n"
+        '        value = """a\n'
+        '        b"""\n'  # inside a string: left as it was
+        "\n"
+        "    check(value)\n"
+        "    return value\n"
+    )
+
+
+def test_nested_sync_branches() -> None:
+    source = (
+        "if True:  # ASYNC\n"
+        "    import asyncio\n"
+        "else:\n"
+        "    if False:  # ASYNC\n"
+        "        import threading\n"
+        "    else:\n"
+        "        import queue\n"
+    )
+    assert _tool().convert(source) == "import threading\n"
+
+
+def test_an_async_block_takes_no_elif() -> None:
+    tool = _tool()
+    with pytest.raises(tool.ConversionError, match=r"line 1: .* not 'elif'"):
+        tool.convert("if True:  # ASYNC\n    a = 1\nelif b:\n    a = 2\n")

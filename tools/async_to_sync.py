@@ -12,19 +12,25 @@ token (comments and layout are kept):
   ``asyncio.sleep`` -> ``time.sleep``, ``_x_async`` modules -> ``_x_sync``);
 - ``Awaitable[X]`` becomes ``X``, ``AsyncGenerator[Y, S]`` ``Generator[Y, S, None]``;
 - a line whose comment is ``# async-only`` is dropped, and so are the lines
-  from ``# begin async-only`` to ``# end async-only``.
+  from ``# begin async-only`` to ``# end async-only``;
+- in a block opened by ``if True:  # ASYNC`` the body is the async code and
+  the ``else:`` branch, if any, the sync code; ``if False:  # ASYNC`` holds
+  sync-only code (its ``else:`` is async). The sync output keeps the sync
+  branch only, dedented (the convention of psycopg's own async_to_sync tool).
 
 Imports are then sorted and pruned, and the code formatted, with ruff, so the
 output is lint-clean.
 
 Usage: ``python tools/async_to_sync.py`` rewrites the generated files;
-``--check`` writes nothing and exits 1 when one is missing or stale.
+``--check`` writes nothing and exits 1 when one is missing or stale. Either
+exits 2 when a source cannot be converted (its errors on stderr).
 Explicit paths may be given to limit the run to some sources.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import io
 import re
 import subprocess
@@ -57,8 +63,14 @@ DOTTED = {
 IMPORTS = {"asyncio": "import threading\nimport time"}
 ASYNC_ONLY = "# async-only"
 BEGIN_ASYNC_ONLY, END_ASYNC_ONLY = "# begin async-only", "# end async-only"
+# ``if True:  # ASYNC`` (async body, sync else) or ``if False:  # ASYNC`` (sync body).
+_ASYNC_BRANCH = re.compile(r"^[ \t]*if (True|False):[ \t]*# ASYNC\b", re.MULTILINE)
 _ASYNC_PART = re.compile(r"(?<=[a-z_])Async(?=[A-Z])|^Async(?=[A-Z])")
 _MODULE = re.compile(r"^(_?\w+)_async$")
+
+
+class ConversionError(Exception):
+    """A source the tool cannot convert."""
 
 
 def _shown(path: Path) -> str:
@@ -100,9 +112,64 @@ def _drop_async_only(text: str) -> str:
     return "".join(kept)
 
 
+def _string_continuations(text: str) -> set[int]:
+    """Rows (1-based) that start inside a multi-line string: never re-indented."""
+    rows: set[int] = set()
+    for tok in tokenize.generate_tokens(io.StringIO(text).readline):
+        if tok.type == tokenize.STRING:
+            rows.update(range(tok.start[0] + 1, tok.end[0] + 1))
+    return rows
+
+
+def _first_async_branch(text: str) -> tuple[ast.If, bool] | None:
+    """The first ``if True|False:  # ASYNC`` statement of ``text``, and its constant."""
+    match = _ASYNC_BRANCH.search(text)
+    if match is None:
+        return None
+    row = text.count("\n", 0, match.start()) + 1
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.If) and node.lineno == row:
+            return node, match.group(1) == "True"
+    raise ConversionError(f"line {row}: '# ASYNC' must mark an if statement")
+
+
+def _keep_sync_branches(text: str) -> str:
+    """Replace each ``if True|False:  # ASYNC`` block by its sync branch, dedented."""
+    while (found := _first_async_branch(text)) is not None:
+        node, async_body = found
+        lines = text.splitlines(keepends=True)
+        if_row = node.lineno
+        last_row = node.body[-1].end_lineno or if_row
+        body_rows, else_rows = range(if_row + 1, last_row + 1), range(0)
+        if node.orelse:
+            # ``else:`` comes after the body's trailing comments, if any.
+            indent = re.escape(lines[if_row - 1][: node.col_offset])
+            else_row = next(
+                (
+                    row
+                    for row in range(last_row + 1, node.orelse[0].lineno)
+                    if re.match(rf"{indent}else\s*:", lines[row - 1])
+                ),
+                None,
+            )
+            if else_row is None:
+                raise ConversionError(f"line {if_row}: an ASYNC block takes 'else:', not 'elif'")
+            last_row = node.orelse[-1].end_lineno or else_row
+            body_rows, else_rows = range(if_row + 1, else_row), range(else_row + 1, last_row + 1)
+        branch, rows = (node.orelse, else_rows) if async_body else (node.body, body_rows)
+        step = " " * (branch[0].col_offset - node.col_offset) if branch else ""
+        in_strings = _string_continuations(text)
+        sync = [
+            line[len(step) :] if row not in in_strings and line.startswith(step) else line
+            for row, line in ((row, lines[row - 1]) for row in rows)
+        ]
+        text = "".join(lines[: if_row - 1] + sync + lines[last_row:])
+    return text
+
+
 def convert(text: str) -> str:
     """The sync twin of async source ``text`` (before import sorting)."""
-    text = _drop_async_only(text)
+    text = _keep_sync_branches(_drop_async_only(text))
     lines = text.splitlines(keepends=True)
     tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
     # Edits as (row, col_start, col_end, replacement), applied right to left.
@@ -190,11 +257,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sources = [s.resolve() for s in args.sources] or default_sources()
     stale = []
+    failed = False
     for source in sources:
         if not source.name.endswith("_async.py"):
             parser.error(f"{source} is not an _async.py source")
         target = target_of(source)
-        text = generate(source)
+        try:
+            text = generate(source)
+        except ConversionError as exc:
+            print(f"{_shown(source)}: {exc}", file=sys.stderr)
+            failed = True
+            continue
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current == text:
             continue
@@ -208,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{_shown(target)} is stale: run python tools/async_to_sync.py",
             file=sys.stderr,
         )
-    return 1 if stale else 0
+    return 2 if failed else 1 if stale else 0
 
 
 if __name__ == "__main__":
