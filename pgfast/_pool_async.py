@@ -1,10 +1,10 @@
-"""The async pool, its dedicated connections and transactions: the single source.
+"""The async pool, its dedicated connections and transactions.
 
 ``_pool_sync.py`` is generated from this file by ``tools/async_to_sync.py``
 (``async``/``await`` dropped, ``AsyncX`` -> ``X``, asyncio -> threading/time);
 edit this file and regenerate, never the other.
 
-Internal protocol for teammates (bulk loading, clusters): every queryable
+Internal protocol (for bulk loading and clusters): every queryable
 (``AsyncConnectionPool``, ``AsyncConnection``, ``AsyncTransaction``) offers
 
 - ``query(q)``, ``execute(q)``, ``tx(fn, **options)`` as documented;
