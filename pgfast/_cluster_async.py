@@ -1,8 +1,7 @@
-"""The async primary/replica cluster: the single source.
+"""The async primary/replica cluster; routing state and decisions live in ``_cluster_common``.
 
 ``_cluster_sync.py`` is generated from this file by ``tools/async_to_sync.py``;
-edit this file and regenerate, never the other. Routing state and decisions
-live in ``_cluster_common``.
+edit this file and regenerate, never the other.
 
 Every operation runs on a dedicated connection of one node's pool, checked
 out here: a read's connection is tracked (cut when its node is marked down,

@@ -1,10 +1,10 @@
-"""The async pool, its dedicated connections and transactions: the single source.
+"""The async pool, its dedicated connections and transactions.
 
 ``_pool_sync.py`` is generated from this file by ``tools/async_to_sync.py``
 (``async``/``await`` dropped, ``AsyncX`` -> ``X``, asyncio -> threading/time);
 edit this file and regenerate, never the other.
 
-Internal protocol for teammates (bulk loading, clusters): every queryable
+Internal protocol (for bulk loading and clusters): every queryable
 (``AsyncConnectionPool``, ``AsyncConnection``, ``AsyncTransaction``) offers
 
 - ``query(q)``, ``execute(q)``, ``tx(fn, **options)`` as documented;
@@ -88,8 +88,6 @@ from ._split import has_several_statements, several_statements_error
 from ._sql import sql
 
 T = TypeVar("T")
-ASYNC = False
-ASYNC = True  # async-only
 E = TypeVar("E", bound=BaseException)
 IDLE = TransactionStatus.IDLE
 TUPLES_OK = ExecStatus.TUPLES_OK
@@ -269,30 +267,37 @@ async def _send(
     return _impl.engine.load_rows(tx, result, dicts, conn._pgfast_encoding)
 
 
+# begin async-only
 async def _call(fn: Callable[..., Any], *args: Any) -> Any:
     """Call ``fn``; await its result when it is awaitable (async pools take async callables)."""
     result = fn(*args)
-    if inspect.isawaitable(result):  # async-only
-        result = await result  # async-only
+    if inspect.isawaitable(result):
+        result = await result
     return result
 
 
-async def _settle(result: Awaitable[T], method: str) -> T:
-    """The result of the function given to ``tx`` / ``task``, checked for its flavour.
+# end async-only
 
-    An async pool awaits it; a sync pool refuses an ``async def``, whose
-    coroutine would otherwise never run (and the transaction commit nothing).
+
+async def _settle(result: Awaitable[T], method: str) -> T:
+    """The result of the function given to ``tx`` / ``task``, of the pool's own flavour.
+
+    A function of the other flavour is refused: given a coroutine function, a
+    sync pool would never run its body (and commit an empty transaction).
     """
-    if inspect.isawaitable(result) != ASYNC:
-        if inspect.iscoroutine(result):
-            result.close()  # never awaited: no RuntimeWarning
-        if ASYNC:
+    if True:  # ASYNC
+        if not inspect.isawaitable(result):
             raise TypeError(f"{method}() on an async pool takes an async function (async def)")
-        raise TypeError(
-            f"{method}() on a sync pool takes a plain function, not an async def "
-            "(its coroutine would never run): use create_async_pool for async code"
-        )
-    return await result
+        return await result
+    else:
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # it will never run: close it, without a RuntimeWarning
+            raise TypeError(
+                f"{method}() on a sync pool takes a plain function, not an async def "
+                "(its coroutine would never run): use create_async_pool for async code"
+            )
+        return result
 
 
 class _AsyncQueryable(AsyncBulkMixin):
@@ -547,12 +552,15 @@ class AsyncConnectionPool(_AsyncQueryable):
 
     async def _connect_kwargs(self) -> dict[str, Any]:
         """psycopg's connect() kwargs for one new connection (a password callable
-        is called, and awaited when async, each time)."""
+        is called each time)."""
         config = self._config
         password = config.options.password
         if not callable(password):
             return dict(config.connect_kwargs, context=ADAPTERS)
-        value = await _call(password)
+        if True:  # ASYNC
+            value = await _call(password)
+        else:
+            value = password()
         return dict(config.kwargs_with_password(value), context=ADAPTERS)
 
     def __repr__(self) -> str:
@@ -588,7 +596,10 @@ class AsyncConnectionPool(_AsyncQueryable):
             if self._prepare_threshold is not None and await _behind_pooler(conn):
                 self._pooler_found(conn, "its backend process id is not the one it was told")
             if opts.configure is not None:
-                await _call(opts.configure, conn)
+                if True:  # ASYNC
+                    await _call(opts.configure, conn)
+                else:
+                    opts.configure(conn)
                 # It runs in autocommit mode; whatever it left open is committed.
                 if conn.pgconn.transaction_status != IDLE:
                     await conn.execute("COMMIT")
@@ -1552,7 +1563,10 @@ class AsyncConnection(_AsyncQueryable):
         errors: list[BaseException] = []
         for step in steps:
             try:
-                await _call(step)
+                if True:  # ASYNC
+                    await _call(step)
+                else:
+                    step()
             except Exception as exc:
                 if pending is None:
                     errors.append(exc)

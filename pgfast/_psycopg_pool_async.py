@@ -1,4 +1,7 @@
-"""Every use of psycopg_pool's internals, in one place (the sync twin is generated).
+"""Every use of the async pool's internals in psycopg_pool, in one place.
+
+``_psycopg_pool_sync.py`` is generated from this file by ``tools/async_to_sync.py``;
+edit this file and regenerate, never the other.
 
 psycopg_pool owns opening connections, their health checks, ``max_lifetime``
 and the sweep of idle ones; pgfast reaches past its public API only here:

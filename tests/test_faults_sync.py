@@ -2,6 +2,9 @@
 # Edit tests/test_faults_async.py and run `python tools/async_to_sync.py`.
 """Pools behind a transaction-mode PgBouncer, on stalled and reset links, and losing COMMITs.
 
+Generated from ``tests/test_faults_async.py`` by ``tools/async_to_sync.py``;
+edit that file and regenerate, never this one.
+
 Every test runs against real servers: PgBouncer from the machine, links
 through ``FaultProxy`` (a loopback TCP proxy that stalls and resets).
 """

@@ -196,7 +196,7 @@ async def test_query_stream_batches_and_releases(db: AsyncConnectionPool) -> Non
     with pytest.raises(ZeroDivisionError):
         async for row in db.query_stream(q):
             row["n"] / 0
-    # An abandoned async generator is closed by the event loop soon after.
+    # An abandoned generator is closed soon after (by the event loop, or once unreferenced).
     await _until_idle(db)
     with pytest.raises(ValueError, match="batch_size"):
         await db.query_stream(q, batch_size=0).__anext__()

@@ -2,8 +2,8 @@
 # Edit tests/test_pool_async.py and run `python tools/async_to_sync.py`.
 """Pools, querying, transactions and errors on a real server (API.md §2-§6).
 
-This file is the source of ``test_pool_sync.py`` (``tools/async_to_sync.py``),
-so the sync and async pools pass the same tests.
+Generated from ``tests/test_pool_async.py`` by ``tools/async_to_sync.py``;
+edit that file and regenerate, never this one.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def test_query_stream_batches_and_releases(db: ConnectionPool) -> None:
     with pytest.raises(ZeroDivisionError):
         for row in db.query_stream(q):
             row["n"] / 0
-    # An abandoned async generator is closed by the event loop soon after.
+    # An abandoned generator is closed soon after (by the event loop, or once unreferenced).
     _until_idle(db)
     with pytest.raises(ValueError, match="batch_size"):
         db.query_stream(q, batch_size=0).__next__()
