@@ -35,8 +35,8 @@ from psycopg.rows import dict_row
 
 from pgfast._impl import IMPL
 from pgfast._pool import create_async_pool, create_pool
-from pgfast._pool_sync import Transaction
 from pgfast._sql import sql
+from pgfast._transaction_sync import Transaction
 
 SEQUENTIAL = 100
 TRANSACTIONS = 50

@@ -20,11 +20,13 @@ from ._exceptions import (
 )
 from ._impl import IMPL as __impl__
 from ._pool import create_async_pool, create_pool
-from ._pool_async import AsyncConnection, AsyncConnectionPool, AsyncTransaction
+from ._pool_async import AsyncConnectionPool
 from ._pool_common import IsolationLevel, TransactionOptions
-from ._pool_sync import Connection, ConnectionPool, Transaction
+from ._pool_sync import ConnectionPool
 from ._split import split
 from ._sql import SQLQuery, is_sql_query, sql
+from ._transaction_async import AsyncConnection, AsyncTransaction
+from ._transaction_sync import Connection, Transaction
 
 __version__ = "0.1.0"
 

@@ -49,12 +49,7 @@ from ._cluster_common import (
     probe_timeout,
 )
 from ._exceptions import NoPrimaryError, PoolClosedError, PoolTimeoutError, PostCommitError
-from ._pool_async import (
-    AsyncConnection,
-    AsyncConnectionPool,
-    AsyncTransaction,
-    _AsyncQueryable,
-)
+from ._pool_async import AsyncConnectionPool
 from ._pool_common import (
     IsolationLevel,
     Row,
@@ -67,6 +62,8 @@ from ._pool_common import (
     logger,
     not_a_query,
 )
+from ._queryable_async import _AsyncQueryable
+from ._transaction_async import AsyncConnection, AsyncTransaction
 
 Records = Sequence[Any]
 

@@ -61,12 +61,9 @@ from ._pool_common import (
     logger,
     not_a_query,
 )
-from ._pool_sync import (
-    Connection,
-    ConnectionPool,
-    Transaction,
-    _Queryable,
-)
+from ._pool_sync import ConnectionPool
+from ._queryable_sync import _Queryable
+from ._transaction_sync import Connection, Transaction
 
 Records = Sequence[Any]
 

@@ -34,7 +34,8 @@ from ._pool_common import logger
 from ._sever import sever
 
 if TYPE_CHECKING:
-    from ._pool_async import AsyncConnectionPool, _PgConnection
+    from ._connection_async import _PgConnection
+    from ._pool_async import AsyncConnectionPool
 
 # The most statements in flight on one connection: past it, callers wait
 # for a slot (in arrival order) rather than queue behind slow statements.

@@ -26,9 +26,10 @@ from hypothesis import strategies as st
 from pgfast._exceptions import Error, PoolClosedError, PoolTimeoutError, PostCommitError
 from pgfast._frame import Sent
 from pgfast._pool import create_async_pool
-from pgfast._pool_async import AsyncConnectionPool, AsyncTransaction
+from pgfast._pool_async import AsyncConnectionPool
 from pgfast._pool_common import IsolationLevel
 from pgfast._sql import SQLQuery, sql
+from pgfast._transaction_async import AsyncTransaction
 
 
 @pytest.fixture

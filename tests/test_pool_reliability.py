@@ -23,8 +23,8 @@ import pytest
 from pgfast import _pool_async
 from pgfast._exceptions import PoolClosedError
 from pgfast._pool import create_async_pool, create_pool
-from pgfast._pool_async import AsyncTransaction
 from pgfast._sql import sql
+from pgfast._transaction_async import AsyncTransaction
 from pgfast.testing import LocalCluster
 
 

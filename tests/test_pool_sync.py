@@ -29,8 +29,9 @@ from pgfast._exceptions import Error, PoolClosedError, PoolTimeoutError, PostCom
 from pgfast._frame import Sent
 from pgfast._pool import create_pool
 from pgfast._pool_common import IsolationLevel
-from pgfast._pool_sync import ConnectionPool, Transaction
+from pgfast._pool_sync import ConnectionPool
 from pgfast._sql import SQLQuery, sql
+from pgfast._transaction_sync import Transaction
 
 
 @pytest.fixture
