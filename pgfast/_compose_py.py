@@ -112,7 +112,7 @@ class SQLQuery:
             _set_formatted(self, formatted)
         return formatted[0], list(formatted[1])
 
-    def __add__(self, other: object) -> SQLQuery:
+    def __add__(self, other: SQLQuery) -> SQLQuery:
         if type(other) is not SQLQuery:
             _concat_error(other)
         return _new(("", "", ""), (self, other))
