@@ -52,6 +52,21 @@ if sys.version_info >= (3, 14):
 else:
     _TEMPLATE_TYPES = ()
 
+__all__ = [
+    "CACHE_SIZE",
+    "MAX_IDENT_BYTES",
+    "SEPARATORS",
+    "SQLQuery",
+    "compose",
+    "file",
+    "ident",
+    "is_sql_query",
+    "join",
+    "sql",
+    "unsafe",
+    "value",
+]
+
 CACHE_SIZE = 1024
 MAX_IDENT_BYTES = 63
 SEPARATORS = ("", ",", ", ", " AND ", " OR ", ") AND (", ") OR (", ";", "\n")
