@@ -1,3 +1,4 @@
+# Compiled twin of pgfast/_compose_py.py; pgfast/_impl.py chooses one of the two for the process.
 # cython: autotestdict=False
 """Compiled twin of ``pgfast._compose_py``: safe SQL fragments and ``$n`` numbering.
 
