@@ -459,7 +459,7 @@ class AsyncCluster:
     def _is_read(q: SQLQuery) -> bool:
         if not isinstance(q, SQLQuery):
             not_a_query(q)
-        return bool(_impl.classify.is_read_only(q.format()[0]))
+        return _impl.classify.is_read_only(q.format()[0])
 
     @staticmethod
     def _lost(exc: BaseException) -> bool:

@@ -141,7 +141,7 @@ def is_read_only(q: SQLQuery) -> bool:
     """True when ``q`` provably cannot write or lock (so a replica may run it)."""
     if not isinstance(q, SQLQuery):
         not_a_query(q)
-    return bool(_impl.classify.is_read_only(q.format()[0]))
+    return _impl.classify.is_read_only(q.format()[0])
 
 
 class Failure(enum.Enum):
@@ -324,7 +324,7 @@ class ClusterState:
         # once its read has untracked it (and it may serve someone else).
         with self._lock:
             self._reads[j].add(pgconn)
-        return bool(self.selector.is_up(j))
+        return self.selector.is_up(j)
 
     def untrack(self, j: int, pgconn: Any) -> None:
         with self._lock:
@@ -579,7 +579,7 @@ class ClusterState:
             **pool_stats,
             "role": self.role(j),
             "routed": self.routed[j],
-            "up": bool(self.selector.is_up(j)),
+            "up": self.selector.is_up(j),
             "in_flight": self.selector.in_flight(j),
             "lag": self.lag[j],
             "replay_lsn": None if lsn is None else format_lsn(lsn),

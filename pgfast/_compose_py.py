@@ -61,6 +61,21 @@ else:
     if TYPE_CHECKING:
         SQLTemplate: TypeAlias = LiteralString
 
+__all__ = [
+    "CACHE_SIZE",
+    "MAX_IDENT_BYTES",
+    "SEPARATORS",
+    "SQLQuery",
+    "compose",
+    "file",
+    "ident",
+    "is_sql_query",
+    "join",
+    "sql",
+    "unsafe",
+    "value",
+]
+
 CACHE_SIZE = 1024
 """Parsed templates (and quoted identifiers) kept; a cache is emptied when full."""
 MAX_IDENT_BYTES = 63
@@ -112,7 +127,7 @@ class SQLQuery:
             _set_formatted(self, formatted)
         return formatted[0], list(formatted[1])
 
-    def __add__(self, other: object) -> SQLQuery:
+    def __add__(self, other: SQLQuery) -> SQLQuery:
         if type(other) is not SQLQuery:
             _concat_error(other)
         return _new(("", "", ""), (self, other))

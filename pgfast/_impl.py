@@ -8,6 +8,9 @@ process never mixes the two.
 - ``PGFAST_NO_EXTENSIONS=1`` (or ``PGFAST_IMPL=python``) forces the pure twins.
 - ``PGFAST_IMPL=cython`` makes a missing compiled module an ``ImportError``.
 - Otherwise the compiled modules are used when all of them import.
+
+Type checkers see the pure twins: each compiled module exports the same public
+names (``__all__``) with the same behaviour, which the tests check.
 """
 
 from __future__ import annotations
@@ -15,6 +18,9 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING
+
+__all__ = ["HOT_PATHS", "IMPL", "classify", "compose", "engine", "flatten", "selector"]
 
 HOT_PATHS = ("_compose", "_classify", "_selector", "_flatten", "_engine")
 
@@ -47,8 +53,16 @@ def _choose() -> tuple[str, dict[str, ModuleType]]:
 
 
 IMPL, _MODULES = _choose()
-compose = _MODULES["_compose"]
-classify = _MODULES["_classify"]
-selector = _MODULES["_selector"]
-flatten = _MODULES["_flatten"]
-engine = _MODULES["_engine"]
+if TYPE_CHECKING:
+    # Either twin has these names and behaviour: the pure one gives the types.
+    from . import _classify_py as classify
+    from . import _compose_py as compose
+    from . import _engine_py as engine
+    from . import _flatten_py as flatten
+    from . import _selector_py as selector
+else:
+    compose = _MODULES["_compose"]
+    classify = _MODULES["_classify"]
+    selector = _MODULES["_selector"]
+    flatten = _MODULES["_flatten"]
+    engine = _MODULES["_engine"]

@@ -254,17 +254,15 @@ def check_savepoint_options(options: Mapping[str, object]) -> None:
 
 
 def advisory_lock_query(function: str, key: int | tuple[int, int] | list[int]) -> SQLQuery:
-    sql = _impl.compose
+    compose = _impl.compose.compose
     if isinstance(key, int) and not isinstance(key, bool):
-        return sql.compose(f"SELECT {function}({{}}::int8)", (key,), {})  # type: ignore[no-any-return]
+        return compose(f"SELECT {function}({{}}::int8)", (key,), {})
     if (
         isinstance(key, (tuple, list))
         and len(key) == 2
         and all(isinstance(k, int) and not isinstance(k, bool) for k in key)
     ):
-        return sql.compose(  # type: ignore[no-any-return]
-            f"SELECT {function}({{}}::int4, {{}}::int4)", (key[0], key[1]), {}
-        )
+        return compose(f"SELECT {function}({{}}::int4, {{}}::int4)", (key[0], key[1]), {})
     raise TypeError(f"an advisory lock key is an int or a pair of ints, not {key!r}")
 
 

@@ -1,3 +1,4 @@
+# Compiled twin of pgfast/_classify_py.py; pgfast/_impl.py chooses one of the two for the process.
 """Read/write classifier of SQL text: the compiled twin of ``pgfast._classify_py``.
 
 The algorithm is the pure twin's, step for step (see its docstring). This one

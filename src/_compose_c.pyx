@@ -1,3 +1,4 @@
+# Compiled twin of pgfast/_compose_py.py; pgfast/_impl.py chooses one of the two for the process.
 # cython: autotestdict=False
 """Compiled twin of ``pgfast._compose_py``: safe SQL fragments and ``$n`` numbering.
 
@@ -51,6 +52,21 @@ if sys.version_info >= (3, 14):
     _TEMPLATE_TYPES = (Template,)
 else:
     _TEMPLATE_TYPES = ()
+
+__all__ = [
+    "CACHE_SIZE",
+    "MAX_IDENT_BYTES",
+    "SEPARATORS",
+    "SQLQuery",
+    "compose",
+    "file",
+    "ident",
+    "is_sql_query",
+    "join",
+    "sql",
+    "unsafe",
+    "value",
+]
 
 CACHE_SIZE = 1024
 MAX_IDENT_BYTES = 63

@@ -1,3 +1,4 @@
+# Compiled twin of pgfast/_engine_py.py; pgfast/_impl.py chooses one of the two for the process.
 # cython: freethreading_compatible=True
 """Pipelined queries' hot path, compiled twin of ``pgfast._engine_py``.
 

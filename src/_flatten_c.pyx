@@ -1,3 +1,4 @@
+# Compiled twin of pgfast/_flatten_py.py; pgfast/_impl.py chooses one of the two for the process.
 """Turn bulk-loading records into per-column lists or row tuples (compiled twin).
 
 Same names and behaviour as ``pgfast._flatten_py``, errors included (both

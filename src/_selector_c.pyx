@@ -1,3 +1,4 @@
+# Compiled twin of pgfast/_selector_py.py; pgfast/_impl.py chooses one of the two for the process.
 # cython: freethreading_compatible=True
 """Replica selector, compiled twin of ``pgfast._selector_py``.
 

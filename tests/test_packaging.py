@@ -6,6 +6,7 @@ wheel with ``PGFAST_IMPL=cython``: a wheel whose compiled modules are missing fa
 
 from __future__ import annotations
 
+import importlib
 import importlib.machinery
 import importlib.metadata
 import importlib.util
@@ -60,6 +61,19 @@ def test_every_hot_path_comes_from_the_chosen_implementation() -> None:
         module = getattr(_impl, hot_path.lstrip("_"))
         assert module.__name__ == f"pgfast.{hot_path}{module_suffix}"
         assert str(module.__file__).endswith(suffixes), module.__file__
+
+
+@pytest.mark.parametrize("hot_path", _impl.HOT_PATHS)
+def test_compiled_twin_exports_the_pure_twins_names(hot_path: str) -> None:
+    """Type checkers see only the pure twin (``pgfast._impl``): the compiled one must match it."""
+    if not _compiled_available():
+        pytest.skip("the compiled modules are not installed")
+    pure = importlib.import_module(f"pgfast.{hot_path}_py")
+    compiled = importlib.import_module(f"pgfast.{hot_path}_c")
+    assert compiled.__all__ == pure.__all__
+    for module in (pure, compiled):
+        missing = [name for name in module.__all__ if not hasattr(module, name)]
+        assert not missing, f"{module.__name__} lacks {missing}"
 
 
 @pytest.mark.parametrize("variables", [{"PGFAST_IMPL": "python"}, {"PGFAST_NO_EXTENSIONS": "1"}])

@@ -100,7 +100,7 @@ if not pyx:
 shipped = sorted(
     str(p.relative_to(src))
     for p in (src / "pgfast").rglob("*")
-    if p.suffix in (".py", ".pyi") or p.name == "py.typed"
+    if p.suffix == ".py" or p.name == "py.typed"
 )
 
 sdist = one(dist, "pgfast-*.tar.gz")

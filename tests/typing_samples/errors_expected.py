@@ -19,6 +19,7 @@ async def main() -> None:
     db.query("SELECT 1")  # E: incompatible type "str"
     db.execute(42)  # E: incompatible type "int"
     sql(123)  # E: incompatible type "int"
+    sql("SELECT 1") + " LIMIT 1"  # E: Unsupported operand types for +
     count: str = db.execute(sql("DELETE FROM t"))  # E: Incompatible types in assignment
     db.tx(lambda: None)  # E: incompatible type
     await adb.tx(not_async)  # E: incompatible type
