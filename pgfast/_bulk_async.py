@@ -1,4 +1,4 @@
-"""Bulk loading on pools, connections and transactions (API.md §8): the single source.
+"""Bulk loading on pools, connections and transactions (docs/bulk.md): the single source.
 
 ``_bulk_sync.py`` is generated from this file by ``tools/async_to_sync.py``;
 edit this file and regenerate, never the other.
