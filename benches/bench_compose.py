@@ -5,7 +5,7 @@ Run: ``.venv/bin/python -m pytest benches/bench_compose.py --benchmark-enable -p
 Each group times the same work three ways. The psycopg.sql peer keeps values
 out of the text with ``Placeholder`` and collects the parameters in a list,
 as a psycopg user would, then renders with ``as_string()``.
-Targets (issue 2): compiled >= 5x pure and >= 12x psycopg.sql.
+Targets: compiled >= 5x pure and >= 12x psycopg.sql.
 """
 
 from __future__ import annotations

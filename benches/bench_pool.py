@@ -1,4 +1,4 @@
-"""pgfast pools vs psycopg on the same server (issue 3 targets).
+"""pgfast pools vs psycopg on the same server (speed targets in the group list below).
 
 Run: ``.venv/bin/python -m pytest benches/bench_pool.py --benchmark-enable -p no:cacheprovider``
 

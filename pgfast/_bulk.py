@@ -1,4 +1,4 @@
-"""Sans-IO builders for bulk loading (API.md §8): they build ``SQLQuery`` batches, run nothing.
+"""Sans-IO builders for bulk loading (docs/bulk.md): they build ``SQLQuery`` batches, run nothing.
 
 Executor contract (what ``db.bulk_*`` on pools, connections, transactions and clusters do)::
 

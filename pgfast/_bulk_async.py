@@ -1,4 +1,4 @@
-"""Bulk loading on the async pools, connections and transactions.
+"""Bulk loading on the async pools, connections and transactions (docs/bulk.md).
 
 ``_bulk_sync.py`` is generated from this file by ``tools/async_to_sync.py``;
 edit this file and regenerate, never the other.

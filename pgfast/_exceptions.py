@@ -1,4 +1,4 @@
-"""pgfast's own exceptions. Server errors stay psycopg's classes (pgfast.errors)."""
+"""pgfast's own exceptions. Server errors stay psycopg's classes; pgfast.errors holds both."""
 
 from __future__ import annotations
 

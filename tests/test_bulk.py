@@ -1,4 +1,4 @@
-"""Bulk loading on a real server (API.md §8): bulk_insert/update/delete/select and copy_in,
+"""Bulk loading on a real server (docs/bulk.md): bulk_insert/update/delete/select and copy_in,
 on sync and async pools, connections and transactions.
 
 Tests taking ``db`` run once on a sync pool and once on an async pool; ``call``
@@ -620,7 +620,7 @@ async def test_insert_and_update_enforce_modifiers_like_plain_sql(
     assert bulk == plain
 
 
-def test_truncating_writes_raise_as_the_issue_reported(pg_url: str) -> None:
+def test_overlong_text_raises_instead_of_being_truncated(pg_url: str) -> None:
     with create_pool(pg_url) as pool:
         name = _name()
         t = sql.ident(name)

@@ -1,4 +1,5 @@
-"""Pools, querying, transactions and errors on a real server (API.md §2-§6).
+"""Pools, querying, transactions and errors on a real server (docs/connecting.md,
+querying.md, transactions.md, errors.md).
 
 This file is the source of ``test_pool_sync.py`` (``tools/async_to_sync.py``),
 so the sync and async pools pass the same tests.

@@ -114,7 +114,8 @@ def test_unknown_and_invalid_options() -> None:
         create_pool(b"postgresql://x")  # type: ignore[arg-type]
 
 
-def test_defaults_match_the_contract() -> None:
+def test_defaults_match_the_documented_ones() -> None:
+    # The options table of docs/connecting.md.
     opts = resolve_config(URL, {}).options
     assert opts == ResolvedOptions()
     assert (opts.pool_size, opts.min_size, opts.queue_timeout, opts.connect_timeout) == (

@@ -1,4 +1,4 @@
-"""Reliability of the pools under load, cancellation, restarts and shutdown (issue 3).
+"""Reliability of the pools under load, cancellation, restarts and shutdown.
 
 Concurrency differs between the flavours (threads vs tasks), so these tests
 are written for each one rather than generated.

@@ -1,4 +1,4 @@
-"""``pgfast.sql`` (API.md §1): one suite, run over the compiled and the pure twin."""
+"""``pgfast.sql`` (docs/sql.md): one suite, run over the compiled and the pure twin."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ from pgfast import sql
 
 
 def sync_cluster() -> None:
-    primary = pgfast.create_pool(os.environ["PRIMARY_URL"])
-    replicas = [pgfast.create_pool(u) for u in os.environ["REPLICA_URLS"].split(",")]
+    primary = pgfast.create_pool(os.environ["DATABASE_URL"])
+    replicas = [pgfast.create_pool(u) for u in os.environ["DATABASE_REPLICA_URLS"].split(",")]
     db = pgfast.create_cluster(primary, replicas, balance="least_busy", max_replica_lag=5.0)
     assert_type(db, pgfast.Cluster)
     with db:
@@ -26,8 +26,8 @@ def sync_cluster() -> None:
 
 
 async def async_cluster() -> None:
-    primary = pgfast.create_async_pool(os.environ["PRIMARY_URL"])
-    replicas = [pgfast.create_async_pool(u) for u in os.environ["REPLICA_URLS"].split(",")]
+    primary = pgfast.create_async_pool(os.environ["DATABASE_URL"])
+    replicas = [pgfast.create_async_pool(u) for u in os.environ["DATABASE_REPLICA_URLS"].split(",")]
     db = pgfast.create_cluster(primary, replicas, read_your_writes=True)
     assert_type(db, pgfast.AsyncCluster)
     async with db:

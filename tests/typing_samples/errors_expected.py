@@ -26,4 +26,5 @@ async def main() -> None:
     db.tx(lambda tx: None, isolation_levl="serializable")  # E: Unexpected keyword argument
     db.transaction(read_only="yes")  # E: incompatible type "str"
     pgfast.create_cluster(db, [db], balance="round-robin")  # E: No overload variant
+    print(pgfast.errors.dataclass)  # E: has no attribute "dataclass"
     print(count)

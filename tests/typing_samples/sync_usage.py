@@ -35,6 +35,18 @@ def transfer(amount: Decimal) -> Any:
     return run
 
 
+def sign_up(db: pgfast.ConnectionPool, email: str) -> bool:
+    try:
+        db.execute(sql("INSERT INTO users (email) VALUES ({})", email))
+    except pgfast.errors.UniqueViolation as exc:
+        print(exc.sqlstate, exc.diag.constraint_name)
+        return False
+    except pgfast.errors.Error as exc:  # pgfast's own errors
+        assert_type(exc, pgfast.Error)
+        raise
+    return True
+
+
 def main() -> None:
     db: pgfast.ConnectionPool = pgfast.create_pool(pool_size=5, statement_timeout=30.0)
     with db:
