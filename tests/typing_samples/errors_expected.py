@@ -4,8 +4,11 @@ test can fail."""
 
 from __future__ import annotations
 
+import psycopg
+
 import pgfast
 from pgfast import sql
+from pgfast.abc import Queryable
 
 db = pgfast.create_pool()
 adb = pgfast.create_async_pool()
@@ -13,6 +16,10 @@ adb = pgfast.create_async_pool()
 
 def not_async(tx: pgfast.AsyncTransaction) -> int:
     return 1
+
+
+def takes_queryable(db: Queryable) -> None:
+    pass
 
 
 async def main() -> None:
@@ -27,4 +34,6 @@ async def main() -> None:
     db.transaction(read_only="yes")  # E: incompatible type "str"
     pgfast.create_cluster(db, [db], balance="round-robin")  # E: No overload variant
     print(pgfast.errors.dataclass)  # E: has no attribute "dataclass"
+    takes_queryable(adb)  # E: incompatible type "AsyncConnectionPool"
+    takes_queryable(psycopg.Connection.connect())  # E: incompatible type "Connection[
     print(count)
