@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from pgfast import _bulk, _bulk_sync
-from pgfast._pool import create_pool
+from pgfast._factories import create_pool
 from pgfast._pool_sync import ConnectionPool
 from pgfast._sql import sql
 from tests.conftest import twin

@@ -23,7 +23,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from pgfast import _classify_py
 from pgfast._cluster_common import create_cluster, is_read_only
-from pgfast._pool import create_async_pool
+from pgfast._factories import create_async_pool
 from pgfast._sql import sql
 from pgfast.testing import LocalCluster
 

@@ -1,5 +1,5 @@
 """Flattening 100,000 records x 3 columns: compiled twin vs pure twin vs a plain listcomp;
-and a 100,000-row insert built by ``pgfast._bulk`` vs psycopg ``executemany``.
+and a 100,000-row insert built by ``pgfast._bulk_plan`` vs psycopg ``executemany``.
 
 Targets: flattening compiled >= 5x pure; bulk insert >= 10x executemany. Run:
     .venv/bin/python -m pytest benches/bench_flatten.py --benchmark-enable -p no:cacheprovider

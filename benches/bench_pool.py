@@ -33,8 +33,8 @@ import pytest
 from psycopg import AsyncRawCursor, RawCursor
 from psycopg.rows import dict_row
 
+from pgfast._factories import create_async_pool, create_pool
 from pgfast._impl import IMPL
-from pgfast._pool import create_async_pool, create_pool
 from pgfast._sql import sql
 from pgfast._transaction_sync import Transaction
 

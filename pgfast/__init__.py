@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from . import errors
-from ._bulk import bulk_condition
+from ._bulk_plan import bulk_condition
 from ._cluster_async import AsyncCluster
 from ._cluster_common import create_cluster, is_read_only
 from ._cluster_sync import Cluster
@@ -18,8 +18,8 @@ from ._exceptions import (
     PostCommitError,
     QueryTimeoutError,
 )
+from ._factories import create_async_pool, create_pool
 from ._impl import IMPL as __impl__
-from ._pool import create_async_pool, create_pool
 from ._pool_async import AsyncConnectionPool
 from ._pool_common import IsolationLevel, TransactionOptions
 from ._pool_sync import ConnectionPool

@@ -42,8 +42,8 @@ from psycopg.rows import DictRow, dict_row
 from . import __version__
 from ._config import PoolConfig, resolve_config
 from ._exceptions import ConfigurationError, Error
+from ._factories import create_async_pool, create_pool
 from ._impl import IMPL
-from ._pool import create_async_pool, create_pool
 from ._sql import sql
 from .testing import LocalCluster
 

@@ -3,7 +3,7 @@
 ``_bulk_sync.py`` is generated from this file by ``tools/async_to_sync.py``;
 edit this file and regenerate, never the other.
 
-``AsyncBulkMixin`` runs the sans-IO plans of ``pgfast._bulk`` on any host that
+``AsyncBulkMixin`` runs the sans-IO plans of ``pgfast._bulk_plan`` on any host that
 offers ``query``, ``tx`` and ``_pool_ref`` (see ``_AsyncHost``): every write
 runs inside ``host.tx``, so all batches of one call commit together (a
 savepoint when the host already is a transaction), and column types are looked
@@ -28,7 +28,7 @@ from typing import Any, Protocol, TypeVar
 
 import psycopg
 
-from . import _bulk
+from . import _bulk_plan
 from ._impl import flatten
 from ._sql import SQLQuery
 
@@ -73,22 +73,25 @@ class _AsyncHost(Protocol):
 
 
 async def _table_info(
-    db: _AsyncHost | _AsyncSession, table: _bulk.Table, *, fresh: bool = False
-) -> _bulk.TableInfo:
+    db: _AsyncHost | _AsyncSession, table: _bulk_plan.Table, *, fresh: bool = False
+) -> _bulk_plan.TableInfo:
     """``table``'s columns and types: from the pool's cache, else (or when ``fresh``) looked
     up on ``db`` and cached; a failed lookup leaves nothing cached."""
     cache = db._pool_ref._column_types_cache
     info = None if fresh else cache.get(table.key)
     if info is None:
         cache.pop(table.key, None)
-        info = _bulk.table_info(table, await db.query(_bulk.column_types_query(table)))
+        info = _bulk_plan.table_info(table, await db.query(_bulk_plan.column_types_query(table)))
         cache[table.key] = info
     return info
 
 
 async def _changed_info(
-    db: _AsyncHost | _AsyncSession, table: _bulk.Table, stale: _bulk.TableInfo, error: Exception
-) -> _bulk.TableInfo:
+    db: _AsyncHost | _AsyncSession,
+    table: _bulk_plan.Table,
+    stale: _bulk_plan.TableInfo,
+    error: Exception,
+) -> _bulk_plan.TableInfo:
     """``table``'s columns looked up again after ``error``; ``error`` is raised again if
     they did not change (so it was not the cached types' fault)."""
     info = await _table_info(db, table, fresh=True)
@@ -97,16 +100,18 @@ async def _changed_info(
     return info
 
 
-def _cached(db: _AsyncHost, table: _bulk.Table, columns: Iterable[str]) -> _bulk.TableInfo | None:
+def _cached(
+    db: _AsyncHost, table: _bulk_plan.Table, columns: Iterable[str]
+) -> _bulk_plan.TableInfo | None:
     """The cached columns of ``table``, if cached and they include every one of ``columns``
     (else they may be from before an ``ALTER TABLE``: look them up again)."""
-    info: _bulk.TableInfo | None = db._pool_ref._column_types_cache.get(table.key)
+    info: _bulk_plan.TableInfo | None = db._pool_ref._column_types_cache.get(table.key)
     return info if info is not None and all(c in info.types for c in columns) else None
 
 
 def _from_cache(
-    db: _AsyncHost, plan: _bulk.BulkPlan
-) -> tuple[_bulk.TableInfo | None, list[SQLQuery]] | None:
+    db: _AsyncHost, plan: _bulk_plan.BulkPlan
+) -> tuple[_bulk_plan.TableInfo | None, list[SQLQuery]] | None:
     """``plan``'s queries, built with the given and cached types, and the cached types used;
     ``None`` when the types must be looked up first: not cached, or perhaps stale (the cache
     lacks a column, or a value does not fit a cached type: a column now an array...)."""
@@ -130,7 +135,9 @@ def _may_be_stale(error: Exception) -> bool:
     return isinstance(error, (TypeError, ValueError))
 
 
-async def _run_queries(tx: _AsyncSession, plan: _bulk.BulkPlan, queries: list[SQLQuery]) -> Any:
+async def _run_queries(
+    tx: _AsyncSession, plan: _bulk_plan.BulkPlan, queries: list[SQLQuery]
+) -> Any:
     """Run ``queries`` in order: the rows, or the affected row count."""
     if plan.returns_rows:
         rows: list[Row] = []
@@ -143,7 +150,7 @@ async def _run_queries(tx: _AsyncSession, plan: _bulk.BulkPlan, queries: list[SQ
     return count
 
 
-async def _run_write(db: _AsyncHost, plan: _bulk.BulkPlan) -> Any:
+async def _run_write(db: _AsyncHost, plan: _bulk_plan.BulkPlan) -> Any:
     """All of ``plan``'s batches in one transaction: the rows, or the affected row count.
 
     With cached types, a server error that stale types may explain gets the types
@@ -228,7 +235,7 @@ class AsyncBulkMixin:
 
         Returns the ``returning`` columns of the inserted rows, or ``[]``.
         """
-        plan = _bulk.plan_insert(
+        plan = _bulk_plan.plan_insert(
             table, records, columns=columns, column_types=column_types, returning=returning
         )
         result: list[Row] = await _run_write(self, plan)
@@ -248,7 +255,7 @@ class AsyncBulkMixin:
 
         Returns the number of rows updated, or the ``returning`` rows.
         """
-        plan = _bulk.plan_update(
+        plan = _bulk_plan.plan_update(
             table,
             updates,
             where_columns=where_columns,
@@ -267,7 +274,7 @@ class AsyncBulkMixin:
         column_types: Types | None = None,
     ) -> int:
         """Delete the rows matching any of ``conditions`` in one transaction; return the count."""
-        plan = _bulk.plan_delete(
+        plan = _bulk_plan.plan_delete(
             table, conditions, where_columns=where_columns, column_types=column_types
         )
         count: int = await _run_write(self, plan)
@@ -287,7 +294,7 @@ class AsyncBulkMixin:
     ) -> list[Row]:
         """The rows matching any of ``conditions`` (one query; ``-col`` in ``order_by`` is
         descending)."""
-        plan = _bulk.plan_select(
+        plan = _bulk_plan.plan_select(
             table,
             conditions,
             where_columns=where_columns,
@@ -329,9 +336,9 @@ class AsyncBulkMixin:
         (of the first row), or every column of the table for tuples. All rows
         are copied in one transaction; returns how many were copied.
         """
-        parsed = _bulk.parse_table(table)
+        parsed = _bulk_plan.parse_table(table)
         if columns is not None:
-            _bulk.copy_query(parsed, columns)  # bad names raise before anything is sent
+            _bulk_plan.copy_query(parsed, columns)  # bad names raise before anything is sent
             if not columns:
                 raise ValueError("columns must name at least one column")
         _check_rows(rows)
@@ -348,11 +355,11 @@ class AsyncBulkMixin:
         # Rows taken past the first chunk cannot be taken again: no retry after that.
         streamed = False
 
-        async def work(tx: _AsyncSession, info: _bulk.TableInfo) -> int:
+        async def work(tx: _AsyncSession, info: _bulk_plan.TableInfo) -> int:
             nonlocal streamed
             target = list(info.columns if names is None else names)
-            types = _bulk.copy_types(info, target)
-            statement, _ = _bulk.copy_query(parsed, target).format()
+            types = _bulk_plan.copy_types(info, target)
+            statement, _ = _bulk_plan.copy_query(parsed, target).format()
             count = 0
             chunk: list[Any] | None = first
             async with tx._raw_connection() as conn, conn.cursor().copy(statement) as copy:
@@ -390,7 +397,7 @@ class AsyncBulkMixin:
         return result
 
 
-def _fills(row: object, info: _bulk.TableInfo) -> bool:
+def _fills(row: object, info: _bulk_plan.TableInfo) -> bool:
     """Whether ``row`` may be a tuple of every column in ``info`` (a non-tuple is the
     flattener's to reject)."""
     return not isinstance(row, (tuple, list)) or len(row) == len(info.columns)

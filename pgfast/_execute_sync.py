@@ -28,12 +28,12 @@ from ._connection_sync import _PgConnection
 from ._deadline import Deadline
 from ._deadline import arm as arm_deadline
 from ._deadline import disarm as disarm_deadline
+from ._error_text import Sent, rewrite_error
 from ._exceptions import (
     CommitUnknownError,
     QueryTimeoutCommitUnknownError,
     QueryTimeoutError,
 )
-from ._frame import Sent, rewrite_error
 from ._pool_common import (
     PREPARED_ELSEWHERE,
     Row,

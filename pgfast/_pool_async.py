@@ -28,13 +28,13 @@ from psycopg.pq import TransactionStatus
 from . import _impl
 from ._config import PoolConfig
 from ._connection_async import _behind_pooler, _delivered, _PgConnection
+from ._error_text import rewrite_error
 from ._exceptions import (
     Error,
     PoolClosedError,
     PoolTimeoutError,
 )
 from ._execute_async import AsyncStatementRunner, _fresh
-from ._frame import rewrite_error
 from ._pipeline import EXCLUSIVE_WORDS, MAX_DEPTH, TURN_BATCH, Lane, first_word  # async-only
 from ._pool_common import (
     ADAPTERS,

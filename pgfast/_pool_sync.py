@@ -24,13 +24,13 @@ from psycopg.pq import TransactionStatus
 from . import _impl
 from ._config import PoolConfig
 from ._connection_sync import _behind_pooler, _delivered, _PgConnection
+from ._error_text import rewrite_error
 from ._exceptions import (
     Error,
     PoolClosedError,
     PoolTimeoutError,
 )
 from ._execute_sync import StatementRunner, _fresh
-from ._frame import rewrite_error
 from ._pool_common import (
     ADAPTERS,
     LIVENESS_CHECK_AFTER,

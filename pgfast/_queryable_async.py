@@ -20,12 +20,12 @@ from psycopg.rows import tuple_row
 
 from ._bulk_async import AsyncBulkMixin
 from ._connection_async import _PgConnection
+from ._error_text import Sent
 from ._exceptions import (
     Error,
     PostCommitError,
 )
 from ._execute_async import _dicts, _names
-from ._frame import Sent
 from ._pool_common import (
     RETRYABLE_TX,
     Row,

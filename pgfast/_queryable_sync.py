@@ -22,12 +22,12 @@ from psycopg.rows import tuple_row
 
 from ._bulk_sync import BulkMixin
 from ._connection_sync import _PgConnection
+from ._error_text import Sent
 from ._exceptions import (
     Error,
     PostCommitError,
 )
 from ._execute_sync import _dicts, _names
-from ._frame import Sent
 from ._pool_common import (
     RETRYABLE_TX,
     Row,

@@ -16,11 +16,11 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from ._connection_async import _PgConnection
+from ._error_text import Sent
 from ._exceptions import (
     Error,
     PostCommitError,
 )
-from ._frame import Sent
 from ._pool_common import (
     TransactionOptions,
     Unpack,

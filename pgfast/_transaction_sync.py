@@ -18,11 +18,11 @@ import psycopg
 from psycopg.pq import TransactionStatus
 
 from ._connection_sync import _PgConnection
+from ._error_text import Sent
 from ._exceptions import (
     Error,
     PostCommitError,
 )
-from ._frame import Sent
 from ._pool_common import (
     TransactionOptions,
     Unpack,

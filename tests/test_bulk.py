@@ -28,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import pgfast
-from pgfast._pool import create_async_pool, create_pool
+from pgfast._factories import create_async_pool, create_pool
 from pgfast._pool_async import AsyncConnectionPool
 from pgfast._pool_sync import ConnectionPool
 from pgfast._sql import SQLQuery, sql
@@ -486,7 +486,7 @@ async def test_schema_qualified_and_quoted_names(db: Pool) -> None:
 _MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys
-    from pgfast._pool import create_pool
+    from pgfast._factories import create_pool
     from pgfast._sql import sql
 
     n = int(sys.argv[2])
@@ -921,7 +921,7 @@ def test_array_literal_round_trip(
 
 @pytest.mark.nodb
 def test_nan_decimals_are_written_as_nan() -> None:
-    from pgfast._bulk import plan_insert
+    from pgfast._bulk_plan import plan_insert
 
     plan = plan_insert(
         "t", [{"d": Decimal("-NaN")}, {"d": Decimal("sNaN")}], column_types={"d": "numeric"}

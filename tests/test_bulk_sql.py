@@ -1,4 +1,4 @@
-"""The sans-IO bulk builders (``pgfast._bulk``): their SQL and parameters, then real-server runs."""
+"""The sans-IO bulk planner (``pgfast._bulk_plan``): its SQL and parameters, then real runs."""
 
 from __future__ import annotations
 
@@ -16,19 +16,21 @@ import psycopg
 import pytest
 from psycopg.errors import UndefinedTable
 
-from pgfast import _bulk
+from pgfast import _bulk_plan
 from pgfast._sql import SQLQuery, sql
 
 TYPES = {"id": "int8", "name": "text"}
 
 
-def texts(plan: _bulk.BulkPlan, info: _bulk.TableInfo | None = None) -> list[tuple[str, list[Any]]]:
+def texts(
+    plan: _bulk_plan.BulkPlan, info: _bulk_plan.TableInfo | None = None
+) -> list[tuple[str, list[Any]]]:
     """Each batch's SQL and parameters, binary arrays as their bytes."""
     return [(text, _plain(params)) for text, params in (q.format() for q in plan.queries(info))]
 
 
 def _plain(params: list[Any]) -> list[Any]:
-    return [p.data if isinstance(p, _bulk.BinaryArray) else p for p in params]
+    return [p.data if isinstance(p, _bulk_plan.BinaryArray) else p for p in params]
 
 
 # (type OID, struct code) of the binary array elements, written independently of _flatten.
@@ -66,7 +68,7 @@ def binary(element: str, *values: Any) -> bytes:
     ],
 )
 def test_parse_table(table: str | SQLQuery, parts: tuple[str, ...]) -> None:
-    parsed = _bulk.parse_table(table)
+    parsed = _bulk_plan.parse_table(table)
     assert parsed.parts == parts
     assert parsed.ident == sql.ident(*parts)
 
@@ -87,7 +89,7 @@ def test_parse_table(table: str | SQLQuery, parts: tuple[str, ...]) -> None:
 )
 def test_parse_table_rejects(table: Any, error: type[Exception]) -> None:
     with pytest.raises(error, match=r"table|identifier"):
-        _bulk.parse_table(table)
+        _bulk_plan.parse_table(table)
 
 
 @pytest.mark.nodb
@@ -110,7 +112,7 @@ def test_parse_table_rejects(table: Any, error: type[Exception]) -> None:
     ],
 )
 def test_check_type_accepts(type_name: str) -> None:
-    assert _bulk.check_type("col", type_name) == type_name
+    assert _bulk_plan.check_type("col", type_name) == type_name
 
 
 @pytest.mark.nodb
@@ -129,15 +131,15 @@ def test_check_type_accepts(type_name: str) -> None:
 )
 def test_check_type_rejects(type_name: str) -> None:
     with pytest.raises(ValueError, match="column 'col' has an invalid type name"):
-        _bulk.check_type("col", type_name)
+        _bulk_plan.check_type("col", type_name)
     with pytest.raises(ValueError, match="'col'"):
-        _bulk.plan_insert("t", [{"col": 1}], column_types={"col": type_name})
+        _bulk_plan.plan_insert("t", [{"col": 1}], column_types={"col": type_name})
 
 
 @pytest.mark.nodb
 def test_check_type_needs_str() -> None:
     with pytest.raises(TypeError, match="column 'col' must be a str"):
-        _bulk.check_type("col", 20)
+        _bulk_plan.check_type("col", 20)
 
 
 # --- bulk_insert (no server) ----------------------------------------------------------------
@@ -145,7 +147,9 @@ def test_check_type_needs_str() -> None:
 
 @pytest.mark.nodb
 def test_insert_sql_and_params() -> None:
-    plan = _bulk.plan_insert("app.users", [{"id": 1, "name": "a"}, {"id": 2}], column_types=TYPES)
+    plan = _bulk_plan.plan_insert(
+        "app.users", [{"id": 1, "name": "a"}, {"id": 2}], column_types=TYPES
+    )
     assert not plan.needs_types
     assert not plan.returns_rows
     assert texts(plan) == [
@@ -159,7 +163,7 @@ def test_insert_sql_and_params() -> None:
 
 @pytest.mark.nodb
 def test_insert_tuples_with_columns_and_returning() -> None:
-    plan = _bulk.plan_insert(
+    plan = _bulk_plan.plan_insert(
         "users",
         [(1, "a"), (2, "b")],
         columns=["id", "name"],
@@ -170,7 +174,7 @@ def test_insert_tuples_with_columns_and_returning() -> None:
     [(text, params)] = texts(plan)
     assert text.endswith(' RETURNING "id"')
     assert params == [binary("int8", 1, 2), '{"a","b"}']
-    plan = _bulk.plan_insert(
+    plan = _bulk_plan.plan_insert(
         "users", [(1,)], columns=["id"], column_types=TYPES, returning=sql("*")
     )
     assert texts(plan)[0][0].endswith(" RETURNING *")
@@ -179,36 +183,36 @@ def test_insert_tuples_with_columns_and_returning() -> None:
 @pytest.mark.nodb
 def test_insert_unknown_key_is_rejected_when_planning() -> None:
     with pytest.raises(ValueError, match="record 1 has key 'nmae'"):
-        _bulk.plan_insert("users", [{"id": 1, "name": "a"}, {"id": 2, "nmae": "b"}])
+        _bulk_plan.plan_insert("users", [{"id": 1, "name": "a"}, {"id": 2, "nmae": "b"}])
     with pytest.raises(ValueError, match="record 0 has key 'name'"):
-        _bulk.plan_insert("users", [{"id": 1, "name": "a"}], columns=["id"])
+        _bulk_plan.plan_insert("users", [{"id": 1, "name": "a"}], columns=["id"])
 
 
 @pytest.mark.nodb
 def test_insert_batches() -> None:
     records = [{"id": i, "name": str(i)} for i in range(5)]
-    plan = _bulk.plan_insert("users", records, column_types=TYPES, batch_rows=2)
+    plan = _bulk_plan.plan_insert("users", records, column_types=TYPES, batch_rows=2)
     assert [params for _, params in texts(plan)] == [
         [binary("int8", 0, 1), '{"0","1"}'],
         [binary("int8", 2, 3), '{"2","3"}'],
         [binary("int8", 4), '{"4"}'],
     ]
-    plan = _bulk.plan_insert("users", records, column_types=TYPES, batch_bytes=40)
+    plan = _bulk_plan.plan_insert("users", records, column_types=TYPES, batch_bytes=40)
     assert len(plan.queries()) == 3  # 17 bytes a row: 2 per batch
 
 
 @pytest.mark.nodb
 def test_insert_nothing() -> None:
-    plan = _bulk.plan_insert("users", [])
+    plan = _bulk_plan.plan_insert("users", [])
     assert not plan.needs_types
     assert plan.queries() == []
     with pytest.raises(ValueError, match="no columns to insert"):
-        _bulk.plan_insert("users", [{}])
+        _bulk_plan.plan_insert("users", [{}])
 
 
 @pytest.mark.nodb
 def test_array_and_json_columns_travel_as_text() -> None:
-    plan = _bulk.plan_insert(
+    plan = _bulk_plan.plan_insert(
         "t",
         [{"id": 1, "tags": ["a"], "doc": [1]}, {"id": 2}, {"id": 3, "tags": [], "doc": "text"}],
         column_types={"id": "int8", "tags": "text[]", "doc": "jsonb"},
@@ -224,7 +228,7 @@ def test_array_and_json_columns_travel_as_text() -> None:
 
 @pytest.mark.nodb
 def test_common_types_are_written_as_literals() -> None:
-    plan = _bulk.plan_insert(
+    plan = _bulk_plan.plan_insert(
         "t",
         [
             {"n": Decimal("1.50"), "u": uuid.UUID(int=1), "b": b"\x01", "f": 0.1, "s": 'a"\\'},
@@ -258,7 +262,7 @@ def test_common_types_are_written_as_literals() -> None:
     ],
 )
 def test_binary_columns(type_name: str, value: Any, element: str) -> None:
-    plan = _bulk.plan_insert("t", [{"v": value}, {"v": None}], column_types={"v": type_name})
+    plan = _bulk_plan.plan_insert("t", [{"v": value}, {"v": None}], column_types={"v": type_name})
     [(text, params)] = texts(plan)
     assert text == f'INSERT INTO "t" ("v") SELECT unnest($1::{type_name}[])'
     assert params == [binary(element, value, None)]
@@ -281,13 +285,13 @@ def test_binary_columns(type_name: str, value: Any, element: str) -> None:
 def test_values_that_do_not_fit_travel_as_text(
     type_name: str, values: list[Any], literal: str
 ) -> None:
-    plan = _bulk.plan_insert("t", [{"v": v} for v in values], column_types={"v": type_name})
+    plan = _bulk_plan.plan_insert("t", [{"v": v} for v in values], column_types={"v": type_name})
     assert texts(plan)[0][1] == [literal]
 
 
 @pytest.mark.nodb
 def test_binary_parameter_repr() -> None:
-    [query] = _bulk.plan_insert("t", [{"v": 1}], column_types={"v": "int8"}).queries()
+    [query] = _bulk_plan.plan_insert("t", [{"v": 1}], column_types={"v": "int8"}).queries()
     assert repr(query.format()[1][0]) == "<int8[] in binary, 32 bytes>"
 
 
@@ -297,7 +301,7 @@ class Mood(enum.Enum):
 
 @pytest.mark.nodb
 def test_other_types_are_left_to_psycopg() -> None:
-    plan = _bulk.plan_insert("t", [{"m": Mood.HAPPY}, {"m": None}], column_types={"m": "text"})
+    plan = _bulk_plan.plan_insert("t", [{"m": Mood.HAPPY}, {"m": None}], column_types={"m": "text"})
     assert texts(plan)[0][1] == [[Mood.HAPPY, None]]
 
 
@@ -307,7 +311,7 @@ def test_other_types_are_left_to_psycopg() -> None:
     [("abc", "expected a list, not str"), ([object()], "cannot send a object")],
 )
 def test_array_column_bad_value(value: Any, message: str) -> None:
-    plan = _bulk.plan_insert("t", [{"a": [1]}, {"a": value}], column_types={"a": "text[]"})
+    plan = _bulk_plan.plan_insert("t", [{"a": [1]}, {"a": value}], column_types={"a": "text[]"})
     with pytest.raises(TypeError, match=rf"record 1, column 'a' \(text\[\]\): {message}"):
         plan.queries()
 
@@ -338,7 +342,7 @@ def test_array_column_bad_value(value: Any, message: str) -> None:
 )
 def test_given_types_lose_their_modifiers(given: str, cast: str) -> None:
     # A cast applies a modifier by truncating or rounding; the column enforces it instead.
-    plan = _bulk.plan_insert("t", [{"a": None}], column_types={"a": given})
+    plan = _bulk_plan.plan_insert("t", [{"a": None}], column_types={"a": given})
     ((text, _),) = texts(plan)
     # Array columns travel as text[] of literals, cast back per row.
     unnest = f"$1::text[])::{cast}" if cast.endswith(("]", "ARRAY")) else f"$1::{cast}[])"
@@ -347,12 +351,14 @@ def test_given_types_lose_their_modifiers(given: str, cast: str) -> None:
 
 @pytest.mark.nodb
 def test_types_looked_up_and_merged() -> None:
-    plan = _bulk.plan_insert("users", [{"id": 1, "name": "a"}], column_types={"name": "varchar"})
+    plan = _bulk_plan.plan_insert(
+        "users", [{"id": 1, "name": "a"}], column_types={"name": "varchar"}
+    )
     assert plan.needs_types
     with pytest.raises(ValueError, match="no type for column\\(s\\) 'id': pass them"):
         plan.queries()
-    info = _bulk.table_info(
-        _bulk.parse_table("users"),
+    info = _bulk_plan.table_info(
+        _bulk_plan.parse_table("users"),
         [
             {"attname": "id", "type": "bigint", "oid": 20},
             {"attname": "name", "type": "text", "oid": 25},
@@ -365,7 +371,7 @@ def test_types_looked_up_and_merged() -> None:
             [binary("int8", 1), '{"a"}'],
         )
     ]
-    missing = _bulk.table_info(_bulk.parse_table("users"), [("name", "text", 25)])
+    missing = _bulk_plan.table_info(_bulk_plan.parse_table("users"), [("name", "text", 25)])
     with pytest.raises(ValueError, match="'id': table \"users\" has no such column"):
         plan.queries(missing)
 
@@ -373,7 +379,7 @@ def test_types_looked_up_and_merged() -> None:
 @pytest.mark.nodb
 def test_table_info_missing_table() -> None:
     with pytest.raises(UndefinedTable, match=r'table "app"\."nope" does not exist'):
-        _bulk.table_info(_bulk.parse_table("app.nope"), [])
+        _bulk_plan.table_info(_bulk_plan.parse_table("app.nope"), [])
 
 
 @pytest.mark.nodb
@@ -389,13 +395,13 @@ def test_table_info_missing_table() -> None:
 )
 def test_insert_bad_options(kwargs: dict[str, Any], error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
-        _bulk.plan_insert("t", [{"id": 1}], **kwargs)
+        _bulk_plan.plan_insert("t", [{"id": 1}], **kwargs)
 
 
 @pytest.mark.nodb
 def test_records_must_be_a_list() -> None:
     with pytest.raises(TypeError, match="records must be a list"):
-        _bulk.plan_insert("t", {"id": 1})  # type: ignore[arg-type]
+        _bulk_plan.plan_insert("t", {"id": 1})  # type: ignore[arg-type]
 
 
 # --- update / delete / select / condition (no server) ----------------------------------------
@@ -403,7 +409,7 @@ def test_records_must_be_a_list() -> None:
 
 @pytest.mark.nodb
 def test_update_sql() -> None:
-    plan = _bulk.plan_update(
+    plan = _bulk_plan.plan_update(
         "app.users",
         [{"where": {"id": 1}, "set": {"name": "x"}}, {"where": {"id": 2}, "set": {}}],
         where_columns=["id"],
@@ -434,12 +440,12 @@ def test_update_sql() -> None:
 )
 def test_update_rejects(updates: Any, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=message):
-        _bulk.plan_update("t", updates, where_columns=["id"], set_columns=["name"])
+        _bulk_plan.plan_update("t", updates, where_columns=["id"], set_columns=["name"])
 
 
 @pytest.mark.nodb
 def test_delete_sql_batches() -> None:
-    plan = _bulk.plan_delete(
+    plan = _bulk_plan.plan_delete(
         "t",
         [{"a": 1, "b": "x"}, {"a": 2}, {"b": "z"}],
         where_columns=["a", "b"],
@@ -460,7 +466,7 @@ def test_delete_sql_batches() -> None:
 
 @pytest.mark.nodb
 def test_select_sql() -> None:
-    plan = _bulk.plan_select(
+    plan = _bulk_plan.plan_select(
         "t",
         [{"id": 1}],
         where_columns=["id"],
@@ -477,9 +483,9 @@ def test_select_sql() -> None:
             [binary("int8", 1), 5],
         )
     ]
-    plain = _bulk.plan_select("t", [{"id": 1}], where_columns=["id"], column_types=TYPES)
+    plain = _bulk_plan.plan_select("t", [{"id": 1}], where_columns=["id"], column_types=TYPES)
     assert texts(plain)[0][0] == ('SELECT * FROM "t" WHERE ("id") IN (SELECT unnest($1::int8[]))')
-    assert _bulk.plan_select("t", [], where_columns=["id"], column_types=TYPES).queries() == []
+    assert _bulk_plan.plan_select("t", [], where_columns=["id"], column_types=TYPES).queries() == []
 
 
 @pytest.mark.nodb
@@ -495,12 +501,12 @@ def test_select_sql() -> None:
 def test_select_rejects(kwargs: dict[str, Any], message: str) -> None:
     options: dict[str, Any] = {"where_columns": ["id"], **kwargs}
     with pytest.raises(ValueError, match=message):
-        _bulk.plan_select("t", [{"id": 1}], **options)
+        _bulk_plan.plan_select("t", [{"id": 1}], **options)
 
 
 @pytest.mark.nodb
 def test_bulk_condition() -> None:
-    cond = _bulk.bulk_condition(
+    cond = _bulk_plan.bulk_condition(
         [{"a": 1, "b": "x"}], where_columns=["a", "b"], column_types={"a": "int4", "b": "text"}
     )
     text, params = cond.format()
@@ -509,19 +515,21 @@ def test_bulk_condition() -> None:
         [binary("int4", 1), '{"x"}'],
     )
     with pytest.raises(ValueError, match="no type for column\\(s\\) 'b'"):
-        _bulk.bulk_condition([{"a": 1}], where_columns=["a", "b"], column_types={"a": "int4"})
+        _bulk_plan.bulk_condition([{"a": 1}], where_columns=["a", "b"], column_types={"a": "int4"})
 
 
 @pytest.mark.nodb
 def test_copy_helpers() -> None:
-    assert _bulk.copy_query("app.t", ["a", "b"]).format() == (
+    assert _bulk_plan.copy_query("app.t", ["a", "b"]).format() == (
         'COPY "app"."t" ("a", "b") FROM STDIN (FORMAT BINARY)',
         [],
     )
-    info = _bulk.table_info(_bulk.parse_table("t"), [("a", "integer", 23), ("b", "text", 25)])
-    assert _bulk.copy_types(info, ["b", "a"]) == [25, 23]
+    info = _bulk_plan.table_info(
+        _bulk_plan.parse_table("t"), [("a", "integer", 23), ("b", "text", 25)]
+    )
+    assert _bulk_plan.copy_types(info, ["b", "a"]) == [25, 23]
     with pytest.raises(ValueError, match="'c'"):
-        _bulk.copy_types(info, ["c"])
+        _bulk_plan.copy_types(info, ["c"])
 
 
 # --- against a real server -----------------------------------------------------------------
@@ -562,10 +570,12 @@ def run(conn: psycopg.Connection[Any], queries: list[SQLQuery]) -> list[tuple[An
     return rows
 
 
-def looked_up(conn: psycopg.Connection[Any], plan: _bulk.BulkPlan) -> list[SQLQuery]:
+def looked_up(conn: psycopg.Connection[Any], plan: _bulk_plan.BulkPlan) -> list[SQLQuery]:
     info = None
     if plan.needs_types:
-        info = _bulk.table_info(plan.table, run(conn, [_bulk.column_types_query(plan.table)]))
+        info = _bulk_plan.table_info(
+            plan.table, run(conn, [_bulk_plan.column_types_query(plan.table)])
+        )
     return plan.queries(info)
 
 
@@ -609,8 +619,8 @@ def test_looked_up_types_are_unmodified_base_types(conn: psycopg.Connection[Any]
         "CREATE TABLE bulk_test.mods (a varchar(5), b char(2)[], c numeric(5,2), d bit(3), "
         "e bulk_test.short, f bulk_test.shorter[], g bulk_test.ints, h interval day, i real)"
     )
-    table = _bulk.parse_table("bulk_test.mods")
-    info = _bulk.table_info(table, run(conn, [_bulk.column_types_query(table)]))
+    table = _bulk_plan.parse_table("bulk_test.mods")
+    info = _bulk_plan.table_info(table, run(conn, [_bulk_plan.column_types_query(table)]))
     assert info.columns == tuple("abcdefghi")
     assert dict(info.types) == {
         "a": "character varying",
@@ -629,7 +639,7 @@ def test_looked_up_types_are_unmodified_base_types(conn: psycopg.Connection[Any]
 
 def test_insert_every_type_round_trips(conn: psycopg.Connection[Any]) -> None:
     records = [sample(i) for i in range(40)]
-    plan = _bulk.plan_insert(
+    plan = _bulk_plan.plan_insert(
         "bulk_test.items", records, column_types=ALL_TYPES, returning=["id"], batch_rows=16
     )
     assert len(plan.queries()) == 3
@@ -639,7 +649,7 @@ def test_insert_every_type_round_trips(conn: psycopg.Connection[Any]) -> None:
 
 def test_insert_with_looked_up_types(conn: psycopg.Connection[Any]) -> None:
     records = [sample(i) for i in range(10_000)]
-    plan = _bulk.plan_insert("bulk_test.items", records)
+    plan = _bulk_plan.plan_insert("bulk_test.items", records)
     assert plan.needs_types
     assert run(conn, looked_up(conn, plan)) == []
     assert read_back(conn) == expected(records)
@@ -668,7 +678,7 @@ def test_insert_with_looked_up_types(conn: psycopg.Connection[Any]) -> None:
 )
 def test_value_round_trips(conn: psycopg.Connection[Any], type_name: str, value: Any) -> None:
     conn.execute(f"CREATE TABLE bulk_test.one (v {type_name})")
-    plan = _bulk.plan_insert("bulk_test.one", [{"v": value}, {"v": None}])
+    plan = _bulk_plan.plan_insert("bulk_test.one", [{"v": value}, {"v": None}])
     run(conn, looked_up(conn, plan))
     cur = conn.execute("SELECT v FROM bulk_test.one")
     assert sorted(cur.fetchall(), key=lambda row: row[0] is None) == [(value,), (None,)]
@@ -689,9 +699,9 @@ def test_binary_values_round_trip(
 ) -> None:
     conn.execute(f"CREATE TABLE bulk_test.one (i int, v {type_name})")
     records = [{"i": i, "v": v} for i, v in enumerate([*values, None])]
-    plan = _bulk.plan_insert("bulk_test.one", records)
+    plan = _bulk_plan.plan_insert("bulk_test.one", records)
     [query] = looked_up(conn, plan)
-    assert all(isinstance(p, _bulk.BinaryArray) for p in query.format()[1])
+    assert all(isinstance(p, _bulk_plan.BinaryArray) for p in query.format()[1])
     run(conn, [query])
     back = [v for (v,) in conn.execute("SELECT v FROM bulk_test.one ORDER BY i")]
     exact = [
@@ -704,7 +714,7 @@ def test_binary_values_round_trip(
 
 def test_value_that_does_not_fit_gets_the_servers_error(conn: psycopg.Connection[Any]) -> None:
     conn.execute("CREATE TABLE bulk_test.one (v int4)")
-    plan = _bulk.plan_insert("bulk_test.one", [{"v": 1}, {"v": "x"}])
+    plan = _bulk_plan.plan_insert("bulk_test.one", [{"v": 1}, {"v": "x"}])
     with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="integer"):
         run(conn, looked_up(conn, plan))
     assert conn.execute("SELECT count(*) FROM bulk_test.one").fetchone() == (0,)
@@ -716,7 +726,7 @@ def test_other_types_round_trip_through_psycopg(conn: psycopg.Connection[Any]) -
         {"addr": ipaddress.ip_address("10.0.0.1"), "id": 1},
         {"addr": None, "id": 2},
     ]
-    plan = _bulk.plan_insert("bulk_test.hosts", records)
+    plan = _bulk_plan.plan_insert("bulk_test.hosts", records)
     [query] = looked_up(conn, plan)
     assert query.format()[1][0] == [records[0]["addr"], None]  # sent as a list, not a literal
     run(conn, [query])
@@ -727,28 +737,28 @@ def test_other_types_round_trip_through_psycopg(conn: psycopg.Connection[Any]) -
 def test_quoted_schema_and_table(conn: psycopg.Connection[Any]) -> None:
     conn.execute('CREATE TABLE bulk_test."Odd.Name" ("Key" int8, "the value" text[])')
     table = sql.ident("bulk_test", "Odd.Name")
-    plan = _bulk.plan_insert(table, [{"Key": 1, "the value": ["x"]}, {"Key": 2}])
+    plan = _bulk_plan.plan_insert(table, [{"Key": 1, "the value": ["x"]}, {"Key": 2}])
     run(conn, looked_up(conn, plan))
     cur = conn.execute('SELECT "Key", "the value" FROM bulk_test."Odd.Name" ORDER BY 1')
     assert cur.fetchall() == [(1, ["x"]), (2, None)]
 
 
 def test_missing_table_is_undefined_table(conn: psycopg.Connection[Any]) -> None:
-    plan = _bulk.plan_insert("bulk_test.nope", [{"id": 1}])
+    plan = _bulk_plan.plan_insert("bulk_test.nope", [{"id": 1}])
     with pytest.raises(UndefinedTable, match=r'"bulk_test"\."nope" does not exist'):
         looked_up(conn, plan)
 
 
 def test_unknown_key_writes_nothing(conn: psycopg.Connection[Any]) -> None:
     with pytest.raises(ValueError, match="record 2 has key 'bogus'"):
-        _bulk.plan_insert("bulk_test.items", [{"id": 1}, {"id": 2}, {"id": 3, "bogus": 1}])
+        _bulk_plan.plan_insert("bulk_test.items", [{"id": 1}, {"id": 2}, {"id": 3, "bogus": 1}])
     assert read_back(conn) == []
 
 
 def test_failing_row_rolls_back_the_batches(conn: psycopg.Connection[Any]) -> None:
     records: list[dict[str, Any]] = [{"id": i} for i in range(10)]
     records[7]["small"] = 2**40  # out of range for int4
-    plan = _bulk.plan_insert(
+    plan = _bulk_plan.plan_insert(
         "bulk_test.items", records, columns=["id", "small"], column_types=ALL_TYPES, batch_rows=3
     )
     with pytest.raises(psycopg.errors.NumericValueOutOfRange):
@@ -758,13 +768,13 @@ def test_failing_row_rolls_back_the_batches(conn: psycopg.Connection[Any]) -> No
 
 def test_update_delete_select(conn: psycopg.Connection[Any]) -> None:
     records = [sample(i) for i in range(20)]
-    run(conn, _bulk.plan_insert("bulk_test.items", records, column_types=ALL_TYPES).queries())
+    run(conn, _bulk_plan.plan_insert("bulk_test.items", records, column_types=ALL_TYPES).queries())
 
     updates: list[dict[str, Any]] = [
         {"where": {"id": i}, "set": {"name": f"new {i}", "tags": [str(i), None], "doc": {"i": i}}}
         for i in range(0, 20, 2)
     ]
-    plan = _bulk.plan_update(
+    plan = _bulk_plan.plan_update(
         "bulk_test.items",
         updates,
         where_columns=["id"],
@@ -779,7 +789,7 @@ def test_update_delete_select(conn: psycopg.Connection[Any]) -> None:
         record.update(name=f"new {i}", tags=[str(i), None], doc={"i": i})
     assert read_back(conn) == expected(records)
 
-    select = _bulk.plan_select(
+    select = _bulk_plan.plan_select(
         "bulk_test.items",
         [{"id": i} for i in (1, 2, 3, 4, 99)],
         where_columns=["id"],
@@ -788,7 +798,7 @@ def test_update_delete_select(conn: psycopg.Connection[Any]) -> None:
         limit=3,
     )
     assert run(conn, looked_up(conn, select)) == [(4, False), (3, None), (2, False)]
-    distinct = _bulk.plan_select(
+    distinct = _bulk_plan.plan_select(
         "bulk_test.items",
         [{"id": i} for i in range(12)],
         where_columns=["id"],
@@ -798,7 +808,7 @@ def test_update_delete_select(conn: psycopg.Connection[Any]) -> None:
     )
     assert run(conn, looked_up(conn, distinct)) == [(False, 1), (True, 0), (None, 3)]
 
-    delete = _bulk.plan_delete(
+    delete = _bulk_plan.plan_delete(
         "bulk_test.items",
         [{"id": i, "key": uuid.UUID(int=i)} for i in range(10)],
         where_columns=["id", "key"],
@@ -812,11 +822,11 @@ def test_update_delete_select(conn: psycopg.Connection[Any]) -> None:
 def test_bulk_condition_in_own_query(conn: psycopg.Connection[Any]) -> None:
     run(
         conn,
-        _bulk.plan_insert(
+        _bulk_plan.plan_insert(
             "bulk_test.items", [sample(i) for i in range(10)], column_types=ALL_TYPES
         ).queries(),
     )
-    cond = _bulk.bulk_condition(
+    cond = _bulk_plan.bulk_condition(
         [
             {"id": 1, "tags": ["a", None, 'b"c', "NULL"]},
             {"id": 2, "tags": ["t2", "{", "}"]},

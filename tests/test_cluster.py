@@ -37,7 +37,7 @@ from pgfast._cluster_common import (
     parse_lsn,
 )
 from pgfast._cluster_sync import Cluster
-from pgfast._pool import create_async_pool, create_pool
+from pgfast._factories import create_async_pool, create_pool
 from pgfast._sql import sql
 from pgfast.testing import LocalCluster
 

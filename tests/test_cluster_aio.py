@@ -21,7 +21,7 @@ from test_cluster import PROBE_BACKEND, Recorder, recorded_pools, server_pid, ta
 import pgfast
 from pgfast._cluster_async import AsyncCluster
 from pgfast._cluster_common import create_cluster, parse_lsn
-from pgfast._pool import create_async_pool
+from pgfast._factories import create_async_pool
 from pgfast._sql import sql
 from pgfast.testing import LocalCluster
 

@@ -11,7 +11,7 @@ import pytest
 
 from pgfast._deadline import arm, disarm
 from pgfast._exceptions import QueryTimeoutError
-from pgfast._pool import create_pool
+from pgfast._factories import create_pool
 from pgfast._sql import sql
 
 

@@ -32,7 +32,7 @@ import pgfast
 from pgfast import _cluster_sync
 from pgfast._check import check
 from pgfast._cluster_common import STATUS_SQL, create_cluster, probe_timeout
-from pgfast._pool import create_async_pool, create_pool
+from pgfast._factories import create_async_pool, create_pool
 from pgfast._sql import sql
 from pgfast.testing import FaultProxy, LocalCluster
 

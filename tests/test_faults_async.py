@@ -18,7 +18,7 @@ import pytest
 
 from pgfast import _pool_async
 from pgfast._exceptions import CommitUnknownError, Error, QueryTimeoutError
-from pgfast._pool import create_async_pool
+from pgfast._factories import create_async_pool
 from pgfast._pool_async import AsyncConnectionPool
 from pgfast._sql import sql
 from pgfast.testing import FaultProxy, LocalPgBouncer

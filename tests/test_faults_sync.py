@@ -23,7 +23,7 @@ import pytest
 
 from pgfast import _pool_sync
 from pgfast._exceptions import CommitUnknownError, Error, QueryTimeoutError
-from pgfast._pool import create_pool
+from pgfast._factories import create_pool
 from pgfast._pool_sync import ConnectionPool
 from pgfast._sql import sql
 from pgfast.testing import FaultProxy, LocalPgBouncer

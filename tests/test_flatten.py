@@ -16,7 +16,7 @@ from conftest import IMPLS, twin
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pgfast import _bulk
+from pgfast import _bulk_plan
 
 pytestmark = pytest.mark.nodb
 
@@ -388,7 +388,7 @@ def test_str_subclass_keys_and_columns_count_as_their_value(
 def test_bulk_insert_plan_takes_str_subclass_keys() -> None:
     # What bulk_insert does before anything is sent: keys_of, then records_to_columns.
     records = [{Sub("id"): 1, Sub("t"): "x"}, {Sub("id"): 2, Sub("t"): "y"}]
-    plan = _bulk.plan_insert("items", records, column_types={"id": "int8", "t": "text"})
+    plan = _bulk_plan.plan_insert("items", records, column_types={"id": "int8", "t": "text"})
     assert plan.columns == ("id", "t")
     [query] = plan.queries()
     text, params = query.format()

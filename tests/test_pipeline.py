@@ -24,8 +24,8 @@ from hypothesis import strategies as st
 from psycopg.adapt import Transformer
 
 from pgfast._exceptions import CommitUnknownError, QueryTimeoutError
+from pgfast._factories import create_async_pool
 from pgfast._pipeline import TURN_BATCH
-from pgfast._pool import create_async_pool
 from pgfast._pool_async import AsyncConnectionPool
 from pgfast._sql import sql
 from pgfast.testing import LocalCluster

@@ -29,9 +29,9 @@ from pgfast._config import (
     session_settings,
     split_string_options,
 )
+from pgfast._error_text import REDACTED_VALUE, code_frame, redact_params
 from pgfast._exceptions import ConfigurationError
-from pgfast._frame import REDACTED_VALUE, code_frame, redact_params
-from pgfast._pool import create_async_pool, create_pool
+from pgfast._factories import create_async_pool, create_pool
 from pgfast._pool_common import IsolationLevel, begin_statement
 
 pytestmark = pytest.mark.nodb

@@ -17,7 +17,7 @@ from psycopg_pool import pool as sync_module
 from psycopg_pool import pool_async as async_module
 
 from pgfast import _psycopg_pool_async, _psycopg_pool_sync
-from pgfast._pool import create_async_pool, create_pool
+from pgfast._factories import create_async_pool, create_pool
 from pgfast._sql import sql
 
 UPGRADE = (

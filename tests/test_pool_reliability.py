@@ -22,7 +22,7 @@ import pytest
 
 from pgfast import _pool_async
 from pgfast._exceptions import PoolClosedError
-from pgfast._pool import create_async_pool, create_pool
+from pgfast._factories import create_async_pool, create_pool
 from pgfast._sql import sql
 from pgfast._transaction_async import AsyncTransaction
 from pgfast.testing import LocalCluster
@@ -211,12 +211,12 @@ def test_sync_dispose_lets_running_operations_finish(pg_url: str) -> None:
 def test_forgotten_pool_does_not_block_exit(pg_url: str, flavour: str) -> None:
     script = {
         "sync": """
-            import pgfast._pool as p, pgfast._sql as s, sys
+            import pgfast._factories as p, pgfast._sql as s, sys
             db = p.create_pool(sys.argv[1], min_size=2)
             print(db.query_value(s.sql("SELECT 40 + 2")))
         """,
         "async": """
-            import asyncio, pgfast._pool as p, pgfast._sql as s, sys
+            import asyncio, pgfast._factories as p, pgfast._sql as s, sys
             async def main():
                 db = p.create_async_pool(sys.argv[1], min_size=2)
                 print(await db.query_value(s.sql("SELECT 40 + 2")))

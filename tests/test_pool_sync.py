@@ -26,9 +26,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pgfast._error_text import Sent
 from pgfast._exceptions import Error, PoolClosedError, PoolTimeoutError, PostCommitError
-from pgfast._frame import Sent
-from pgfast._pool import create_pool
+from pgfast._factories import create_pool
 from pgfast._pool_common import IsolationLevel
 from pgfast._pool_sync import ConnectionPool
 from pgfast._sql import SQLQuery, sql

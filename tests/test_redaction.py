@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from pgfast._config import REDACTED, resolve_config
+from pgfast._error_text import REDACTED_VALUE, redact_params
 from pgfast._exceptions import ConfigurationError
-from pgfast._frame import REDACTED_VALUE, redact_params
-from pgfast._pool import create_async_pool, create_pool
+from pgfast._factories import create_async_pool, create_pool
 from pgfast._sql import SQLQuery, sql
 
 # Passwords are drawn from letters that libpq's messages never spell in upper
