@@ -44,7 +44,6 @@ from ._split import has_several_statements, several_statements_error
 
 if TYPE_CHECKING:
     from ._pool_async import AsyncConnectionPool
-    from ._transaction_async import AsyncTransaction, _AsyncTransactionBlock
 
 T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
@@ -284,3 +283,8 @@ async def _run_tx(
             logger.info("pgfast: retrying a transaction (attempt %d): %s", attempt + 1, exc)
         await asyncio.sleep(backoff(attempt))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# At the end: the transaction module builds on this one. Imported at run time
+# all the same, so that typing.get_type_hints() resolves the signatures above.
+from ._transaction_async import AsyncTransaction, _AsyncTransactionBlock  # noqa: E402

@@ -46,7 +46,6 @@ from ._split import has_several_statements, several_statements_error
 
 if TYPE_CHECKING:
     from ._pool_sync import ConnectionPool
-    from ._transaction_sync import Transaction, _TransactionBlock
 
 T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
@@ -266,3 +265,8 @@ def _run_tx(block: _TransactionBlock, fn: Callable[[Transaction], T], attempts: 
             logger.info("pgfast: retrying a transaction (attempt %d): %s", attempt + 1, exc)
         time.sleep(backoff(attempt))
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+# At the end: the transaction module builds on this one. Imported at run time
+# all the same, so that typing.get_type_hints() resolves the signatures above.
+from ._transaction_sync import Transaction, _TransactionBlock  # noqa: E402
