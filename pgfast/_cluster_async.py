@@ -34,7 +34,6 @@ import psycopg
 from psycopg import generators
 from psycopg.pq import TransactionStatus
 
-from . import _impl
 from ._cluster_common import (
     READ_ONLY_SQL_TRANSACTION,
     REPLAY_LSN_SQL,
@@ -46,6 +45,7 @@ from ._cluster_common import (
     Failure,
     ProbeRefused,
     classify_failure,
+    is_read_only,
     probe_row,
     probe_timeout,
 )
@@ -99,6 +99,14 @@ def _pgconn(conn: AsyncConnection) -> Any:
     raw = conn._conn
     assert raw is not None
     return raw.pgconn
+
+
+async def _exit(block: AbstractAsyncContextManager[Any], exc: BaseException | None) -> None:
+    """Leave ``block`` as its ``with`` statement would, after ``exc`` (None: no error)."""
+    if exc is None:
+        await block.__aexit__(None, None, None)
+    else:
+        await block.__aexit__(type(exc), exc, exc.__traceback__)
 
 
 class _FailoverClock:
@@ -164,20 +172,20 @@ class AsyncCluster:
         A list of queries goes to a replica only when every one is read-only.
         """
         if isinstance(q, SQLQuery):
-            read = self._is_read(q)
+            read = is_read_only(q)
         elif isinstance(q, list):
-            read = all(self._is_read(one) for one in check_queries(q))
+            read = all(is_read_only(one) for one in check_queries(q))
         else:
             not_a_query(q)
         return await self._route(lambda db: db.query(q), read)
 
     async def query_one(self, q: SQLQuery) -> Row | None:
         """The only row of ``q`` (or ``None``), routed like ``query``."""
-        return await self._route(lambda db: db.query_one(q), self._is_read(q))
+        return await self._route(lambda db: db.query_one(q), is_read_only(q))
 
     async def query_value(self, q: SQLQuery) -> Any:
         """The first column of the only row of ``q``, routed like ``query``."""
-        return await self._route(lambda db: db.query_value(q), self._is_read(q))
+        return await self._route(lambda db: db.query_value(q), is_read_only(q))
 
     async def execute(self, q: SQLQuery) -> int:
         """Run a statement on the primary; return the number of rows it affected."""
@@ -191,44 +199,36 @@ class AsyncCluster:
         A node that fails before the first row is replaced by another one.
         """
         self._check_open()
-        if self._is_read(q):
-            exclude = 0
-            while (j := await self._pick(exclude)) >= 0:
-                if self._on_route is not None:
-                    self._on_route("read")
-                started = False
-                try:
-                    block, conn, pgconn = await self._enter_node(j)
+        if is_read_only(q):
+            async with aclosing(self._replicas()) as replicas:
+                async for j in replicas:
+                    started = False
                     try:
-                        async with aclosing(conn.query_stream(q, batch_size)) as rows:
-                            async for row in rows:
-                                if not started:
-                                    started = True
-                                    self._state.count_query(j)
-                                yield row
-                    except BaseException as exc:
-                        await self._exit_node(j, block, pgconn, exc)
-                        raise
-                    await self._exit_node(j, block, pgconn, None)
-                    if not started:
-                        self._state.count_query(j)
-                    return
-                except Exception as exc:
-                    failure = classify_failure(exc)
-                    if started or failure is Failure.QUERY_ERROR:
-                        raise
-                    if failure is Failure.RERUN_ON_PRIMARY:
-                        break  # only the primary can run it
-                    await self._node_down(j, str(exc))
-                    exclude |= 1 << j
-                finally:
-                    self._state.selector.release(j)
-            else:
-                self._state.no_replica()
-                if self._on_route is not None:
-                    self._on_route(self._state.fallback_reason(exclude))
-        elif self._on_route is not None:
-            self._on_route("write")
+                        block, conn, pgconn = await self._enter_node(j)
+                        try:
+                            async with aclosing(conn.query_stream(q, batch_size)) as rows:
+                                async for row in rows:
+                                    if not started:
+                                        started = True
+                                        self._state.count_query(j)
+                                    yield row
+                        except BaseException as exc:
+                            await self._exit_node(j, block, pgconn, exc)
+                            raise
+                        await self._exit_node(j, block, pgconn, None)
+                        if not started:
+                            self._state.count_query(j)
+                        return
+                    except Exception as exc:
+                        if started:
+                            raise
+                        failure = await self._read_failed(j, exc)
+                        if failure is Failure.QUERY_ERROR:
+                            raise
+                        if failure is Failure.RERUN_ON_PRIMARY:
+                            break  # only the primary can run it
+        else:
+            self._route_to("write")
         clock = _FailoverClock(self._failover_timeout)
         while True:
             j, block, conn = await self._enter_primary(clock)
@@ -297,62 +297,43 @@ class AsyncCluster:
     ) -> AsyncIterator[AsyncTransaction]:
         self._check_open()
         if on_replica:
-            exclude = 0
-            while (j := await self._pick(exclude)) >= 0:
-                if self._on_route is not None:
-                    self._on_route("read")
-                block = None
-                try:
-                    block, conn, pgconn = await self._enter_node(j)
-                    tx_block = conn.transaction(**options)
-                    tx = await tx_block.__aenter__()
-                except BaseException as exc:  # a cancellation too must release it
-                    if block is not None:  # a failed _enter_node left nothing behind
-                        await self._exit_node(j, block, pgconn, exc)
-                    self._state.selector.release(j)
-                    if not isinstance(exc, Exception):
-                        raise
-                    failure = classify_failure(exc)
-                    if failure is Failure.QUERY_ERROR:
-                        raise
-                    if failure is Failure.RERUN_ON_PRIMARY:
-                        break  # refused before the block started: the primary runs it
-                    await self._node_down(j, str(exc))
-                    exclude |= 1 << j
-                    continue
-                self._state.count_query(j)
-                try:
+            async with aclosing(self._replicas()) as replicas:
+                async for j in replicas:
+                    block = None
                     try:
-                        yield tx
+                        block, conn, pgconn = await self._enter_node(j)
+                        tx_block = conn.transaction(**options)
+                        tx = await tx_block.__aenter__()
+                    except BaseException as exc:  # a cancellation too must hand it back
+                        if block is not None:  # a failed _enter_node left nothing behind
+                            await self._exit_node(j, block, pgconn, exc)
+                        if not isinstance(exc, Exception):
+                            raise
+                        failure = await self._read_failed(j, exc)
+                        if failure is Failure.QUERY_ERROR:
+                            raise
+                        if failure is Failure.RERUN_ON_PRIMARY:
+                            break  # refused before the block started: the primary runs it
+                        continue
+                    self._state.count_query(j)
+                    try:
+                        try:
+                            yield tx
+                        except BaseException as exc:
+                            if isinstance(exc, Exception):
+                                await self._read_failed(j, exc)  # a lost node leaves rotation
+                            await _exit(tx_block, exc)
+                            raise
+                        await _exit(tx_block, None)
                     except BaseException as exc:
-                        if self._lost(exc):
-                            await self._node_down(j, str(exc))
-                        await tx_block.__aexit__(type(exc), exc, exc.__traceback__)
+                        await self._exit_node(j, block, pgconn, exc)
                         raise
-                    await tx_block.__aexit__(None, None, None)
-                except BaseException as exc:
-                    await self._exit_node(j, block, pgconn, exc)
-                    raise
-                else:
                     await self._exit_node(j, block, pgconn, None)
-                finally:
-                    self._state.selector.release(j)
-                return
-            else:
-                self._state.no_replica()
-                if self._on_route is not None:
-                    self._on_route(self._state.fallback_reason(exclude))
-        elif self._on_route is not None:
-            self._on_route("write")
-        writer, block, conn = await self._enter_primary(_FailoverClock(self._failover_timeout))
-        self._state.count_query(writer)
-        try:
-            async with conn.transaction(**options) as tx:
-                yield tx
-        except BaseException as exc:
-            await self._leave(block, conn, exc)
-            raise
-        await self._leave(block, conn, None)
+                    return
+        else:
+            self._route_to("write")
+        async with self.connection() as conn, conn.transaction(**options) as tx:
+            yield tx
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
@@ -459,15 +440,10 @@ class AsyncCluster:
             raise PoolClosedError("the cluster was disposed")
         self._health.ensure_started()
 
-    @staticmethod
-    def _is_read(q: SQLQuery) -> bool:
-        if not isinstance(q, SQLQuery):
-            not_a_query(q)
-        return bool(_impl.classify.is_read_only(q.format()[0]))
-
-    @staticmethod
-    def _lost(exc: BaseException) -> bool:
-        return isinstance(exc, Exception) and classify_failure(exc) is Failure.NODE_DOWN
+    def _route_to(self, reason: str) -> None:
+        """Tell the route hook (set by pgfast.otel) why an operation goes where it goes."""
+        if self._on_route is not None:
+            self._on_route(reason)
 
     async def _route(
         self,
@@ -484,51 +460,66 @@ class AsyncCluster:
         read-only (demoted) primary may be sent again to the next one.
         """
         self._check_open()
+        if read:
+            async with aclosing(self._replicas()) as replicas:
+                async for j in replicas:
+                    result = cast(T, None)  # op's result, once it returned
+                    try:
+                        block, conn, pgconn = await self._enter_node(j)
+                        try:
+                            result = await op(conn)
+                        except BaseException as exc:
+                            await self._exit_node(j, block, pgconn, exc)
+                            raise
+                        await self._exit_node(j, block, pgconn, None)
+                    except PostCommitError as exc:
+                        # A read-only transaction's steps run when its connection is handed back.
+                        exc.result = result
+                        raise
+                    except Exception as exc:
+                        failure = await self._read_failed(j, exc)
+                        if failure is Failure.QUERY_ERROR or (started is not None and started()):
+                            raise
+                        if failure is Failure.RERUN_ON_PRIMARY:
+                            break  # only the primary can run it: a write after all
+                        continue
+                    self._state.count_query(j)
+                    return result
+                else:
+                    state = self._state
+                    writer = state.writer if state.writer >= 0 else state.primary
+                    state.count_query(writer)
+                    return await op(self._pools[writer])
+        return await self._write(op, started, rerun)
+
+    async def _replicas(self) -> AsyncGenerator[int, None]:
+        """The replicas to try a read on, one at a time, each counted in flight until the
+        next one is asked for or the loop is left.
+
+        The caller runs the read on the node it is given, and asks for another one only
+        once ``_read_failed`` took that node out of rotation. After the last one the read
+        falls back to the primary (``no_replica`` raises when it may not), and the route
+        hook is told why.
+        """
         state = self._state
-        if not read:
-            return await self._write(op, started, rerun)
         exclude = 0
         while (j := await self._pick(exclude)) >= 0:
-            if self._on_route is not None:
-                self._on_route("read")
-            result = cast(T, None)  # op's result, once it returned
+            self._route_to("read")
             try:
-                block, conn, pgconn = await self._enter_node(j)
-                try:
-                    result = await op(conn)
-                except BaseException as exc:
-                    await self._exit_node(j, block, pgconn, exc)
-                    raise
-                await self._exit_node(j, block, pgconn, None)
-            except PostCommitError as exc:
-                # A read-only transaction's steps run when its connection is handed back.
-                exc.result = result
-                raise
-            except Exception as exc:
-                failure = classify_failure(exc)
-                if failure is Failure.QUERY_ERROR:
-                    raise
-                user_code_ran = started is not None and started()
-                if failure is Failure.RERUN_ON_PRIMARY:
-                    if user_code_ran:
-                        raise
-                    # Only the primary can run it: a write after all.
-                    return await self._write(op, started, rerun)
-                await self._node_down(j, str(exc))
-                if user_code_ran:
-                    raise
-                exclude |= 1 << j
-                continue
+                yield j
             finally:
                 state.selector.release(j)
-            state.count_query(j)
-            return result
+            exclude |= 1 << j
         state.no_replica()
-        if self._on_route is not None:
-            self._on_route(state.fallback_reason(exclude))
-        writer = state.writer if state.writer >= 0 else state.primary
-        state.count_query(writer)
-        return await op(self._pools[writer])
+        self._route_to(state.fallback_reason(exclude))
+
+    async def _read_failed(self, j: int, exc: Exception) -> Failure:
+        """What ``exc``, raised by a read on replica ``j``, means for it; a node at fault
+        is taken out of rotation."""
+        failure = classify_failure(exc)
+        if failure is Failure.NODE_DOWN:
+            await self._node_down(j, str(exc))
+        return failure
 
     async def _pick(self, exclude: int) -> int:
         """A replica node (counted in flight) for a read, or -1 for the primary."""
@@ -548,10 +539,9 @@ class AsyncCluster:
                 row = await cur.fetchone()
         except BaseException as exc:  # a cancellation too must release it
             state.selector.release(j)
-            if classify_failure(exc) is not Failure.NODE_DOWN:
-                raise
-            await self._node_down(j, str(exc))
-            return -1
+            if isinstance(exc, Exception) and await self._read_failed(j, exc) is Failure.NODE_DOWN:
+                return -1
+            raise
         state.note_replay(j, None if row is None else row[0])
         if state.reached_token(j):
             return j
@@ -574,10 +564,7 @@ class AsyncCluster:
         self, j: int, block: Checkout, pgconn: Any, exc: BaseException | None
     ) -> None:
         self._state.untrack(j, pgconn)
-        if exc is None:
-            await block.__aexit__(None, None, None)
-        else:
-            await block.__aexit__(type(exc), exc, exc.__traceback__)
+        await _exit(block, exc)
 
     async def _node_down(self, j: int, reason: str, cut_reads: bool = False) -> None:
         """Node ``j`` failed: out of rotation, the callers queued for one of its
@@ -611,8 +598,7 @@ class AsyncCluster:
     async def _write(self, op: Operation[T], started: Callable[[], bool] | None, rerun: bool) -> T:
         """Run ``op`` on the primary; through a failover, once nothing was written."""
         clock = _FailoverClock(self._failover_timeout)
-        if self._on_route is not None:
-            self._on_route("write")
+        self._route_to("write")
         while True:
             j, block, conn = await self._enter_primary(clock)
             self._state.count_query(j)
@@ -656,8 +642,8 @@ class AsyncCluster:
                 if not await self._await_primary(j, exc, clock, same_node=not busy):
                     raise
                 continue
-            if self._on_route is not None and clock.deadline is not None:
-                self._on_route("failover")  # this write waited for a primary
+            if clock.deadline is not None:
+                self._route_to("failover")  # this write waited for a primary
             return j, block, conn
 
     async def _leave(
@@ -674,10 +660,7 @@ class AsyncCluster:
                     with contextlib.suppress(Exception):
                         await self._record_write(conn)
         finally:
-            if exc is None:
-                await block.__aexit__(None, None, None)
-            else:
-                await block.__aexit__(type(exc), exc, exc.__traceback__)
+            await _exit(block, exc)
 
     async def _retry_write(
         self,
