@@ -20,7 +20,7 @@ import re
 import threading
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -184,6 +184,13 @@ def classify_failure(exc: BaseException) -> Failure:
     return Failure.QUERY_ERROR
 
 
+def choose_primary(timelines: Mapping[int, int], current: int) -> int:
+    """Of the writable nodes (each with the timeline it writes on), the one writes go to:
+    the highest timeline (the most recently promoted), then ``current``, then the lowest
+    node; -1 when none is writable."""
+    return max(timelines, key=lambda j: (timelines[j], j == current, -j), default=-1)
+
+
 class Kind(enum.Enum):
     """What a node's last health probe found it to be."""
 
@@ -344,12 +351,12 @@ class ClusterState:
         is_up = self.selector.is_up
         if current >= 0 and self.kind[current] is Kind.ASSUMED_PRIMARY and is_up(current):
             return None
-        writable = [j for j in range(self.count) if self.kind[j] is Kind.WRITABLE and is_up(j)]
-        chosen = (
-            max(writable, key=lambda j: (self.timeline[j], j == self.primary, -j))
-            if writable
-            else -1
-        )
+        writable = {
+            j: self.timeline[j]
+            for j in range(self.count)
+            if self.kind[j] is Kind.WRITABLE and is_up(j)
+        }
+        chosen = choose_primary(writable, self.primary)
         if chosen == current:
             return None
         self.writer = chosen
@@ -534,8 +541,7 @@ class ClusterState:
         with self._lock:
             self.answers[j] = f"down ({reason})"
             previous = self._elect()
-        if cut_reads:
-            with self._lock:  # sever() never blocks
+            if cut_reads:  # under the lock, like track(); sever() never blocks
                 for pgconn in self._reads[j]:
                     sever(pgconn)
         if was_up:
