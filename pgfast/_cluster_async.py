@@ -13,8 +13,10 @@ anything was sent (then it may wait for a primary and run there) or after
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
+import threading
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -35,19 +37,25 @@ from psycopg import generators
 from psycopg.pq import TransactionStatus
 
 from ._cluster_common import (
+    HURRIED_INTERVAL,
     READ_ONLY_SQL_TRANSACTION,
     REPLAY_LSN_SQL,
     ROLE_SQL,
     STATUS_SQL,
     WRITE_LSN_SQL,
-    AsyncHealthRunner,
+    AsyncWorker,
     ClusterState,
     Failure,
     ProbeRefused,
     classify_failure,
+    each_async,
     is_read_only,
     probe_row,
     probe_timeout,
+    running_async,
+    start_async,
+    stop_async,
+    wait_async,
 )
 from ._exceptions import NoPrimaryError, PoolClosedError, PoolTimeoutError, PostCommitError
 from ._pool_async import (
@@ -122,6 +130,112 @@ class _FailoverClock:
         if self.deadline is None:
             self.deadline = time.monotonic() + self.timeout
         return self.deadline
+
+
+class AsyncHealthRunner:
+    """Runs a cluster's health loop in the background: as a task of the event loop using
+    the cluster (a sync cluster's: in a daemon thread).
+
+    Besides starting and stopping the loop it is where writers waiting for a
+    primary meet it: ``notify()`` (a round ended, the primary changed) wakes
+    ``wait_change``, and while someone is ``hurry``-ing the loop sleeps at
+    most ``HURRIED_INTERVAL`` between rounds.
+    """
+
+    def __init__(self, body: Callable[[], Awaitable[None]], stop_timeout: float) -> None:
+        self._body = body
+        self._stop_timeout = stop_timeout
+        self._worker: AsyncWorker | None = None
+        self._stopping = False
+        # A sync cluster's threads share the counters and the worker.
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()  # cuts the sleep between two rounds short
+        self._changed = asyncio.Event()  # replaced at each notify()
+        self._measured = asyncio.Event()  # set once a first round has completed
+        self._hurry = 0
+        self.generation = 0
+        self.rounds_started = 0
+        self.rounds_done = 0
+
+    def ensure_started(self) -> None:
+        """Start the loop, unless it runs already (an async cluster's: in the running
+        event loop)."""
+        if running_async(self._worker):
+            return
+        with self._lock:
+            if self._stopping or running_async(self._worker):
+                return
+            # begin async-only
+            # Events are bound to the loop that first waits on them: new ones per loop.
+            measured = self.measured
+            self._wake = asyncio.Event()
+            self._changed = asyncio.Event()
+            self._measured = asyncio.Event()
+            if measured:
+                self._measured.set()
+            # end async-only
+            self._worker = start_async(self._body)
+
+    async def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` (less while hurried, or until woken); True when the loop must stop."""
+        if self._hurry:
+            seconds = min(seconds, HURRIED_INTERVAL)
+        if not self._stopping:
+            await wait_async(self._wake, seconds)
+        self._wake.clear()
+        return self._stopping
+
+    def wake(self) -> None:
+        """Start the next round now."""
+        self._wake.set()
+
+    def hurry(self, delta: int) -> None:
+        """+1 while a writer waits for a primary (rounds run now, then more often), -1 after."""
+        with self._lock:
+            self._hurry += delta
+        if delta > 0:
+            self._wake.set()
+
+    @property
+    def measured(self) -> bool:
+        """Whether a first round has completed."""
+        return self._measured.is_set()
+
+    def round_started(self) -> None:
+        with self._lock:
+            self.rounds_started += 1
+
+    def round_done(self) -> None:
+        """Called by the loop after each round."""
+        with self._lock:
+            self.rounds_done += 1
+        self._measured.set()
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every ``wait_change`` (a round ended, or the primary changed)."""
+        with self._lock:
+            self.generation += 1
+            changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_change(self, generation: int, timeout: float) -> None:
+        """Wait until ``notify()`` was called after ``generation`` was read, or ``timeout``."""
+        changed = self._changed  # taken first: a notify() after the check below sets it
+        if generation == self.generation:
+            await wait_async(changed, timeout)
+
+    async def wait_measured(self) -> None:
+        """Wait for the first round to complete (at most the time a round may take)."""
+        await wait_async(self._measured, self._stop_timeout)
+
+    async def stop(self) -> None:
+        """Stop the loop: its probes are bounded, so it ends within a round; never wait longer."""
+        self._stopping = True
+        self._wake.set()
+        self.notify()  # writers waiting for a primary see the cluster closed
+        worker, self._worker = self._worker, None
+        await stop_async(worker, self._stop_timeout)
 
 
 class AsyncCluster:
@@ -762,11 +876,12 @@ class AsyncCluster:
 
     # -- health --------------------------------------------------------------
 
-    async def _health_loop(self, runner: AsyncHealthRunner) -> None:
+    async def _health_loop(self) -> None:
         """Each ``health_check_interval``: probe every node at once, each on its own
         connection. Each answer says what the node is (primary, standby, down) and,
         for standbys, how far behind; nodes that failed come back when they answer.
         Every probe is bounded in time."""
+        runner = self._health
         probes: list[ProbeConnection | None] = [None] * len(self._pools)
 
         async def probe(j: int) -> None:
@@ -783,7 +898,7 @@ class AsyncCluster:
         try:
             while True:
                 runner.round_started()
-                await runner.each(len(self._pools), probe)
+                await each_async(len(self._pools), probe)
                 runner.round_done()
                 if await runner.sleep(self._interval):
                     break

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import threading
 import time
 from collections.abc import (
     Callable,
@@ -35,6 +36,7 @@ from psycopg import generators
 from psycopg.pq import TransactionStatus
 
 from ._cluster_common import (
+    HURRIED_INTERVAL,
     READ_ONLY_SQL_TRANSACTION,
     REPLAY_LSN_SQL,
     ROLE_SQL,
@@ -42,12 +44,17 @@ from ._cluster_common import (
     WRITE_LSN_SQL,
     ClusterState,
     Failure,
-    HealthRunner,
     ProbeRefused,
+    Worker,
     classify_failure,
+    each_sync,
     is_read_only,
     probe_row,
     probe_timeout,
+    running_sync,
+    start_sync,
+    stop_sync,
+    wait_sync,
 )
 from ._exceptions import NoPrimaryError, PoolClosedError, PoolTimeoutError, PostCommitError
 from ._pool_common import (
@@ -122,6 +129,103 @@ class _FailoverClock:
         if self.deadline is None:
             self.deadline = time.monotonic() + self.timeout
         return self.deadline
+
+
+class HealthRunner:
+    """Runs a cluster's health loop in the background: as a task of the event loop using
+    the cluster (a sync cluster's: in a daemon thread).
+
+    Besides starting and stopping the loop it is where writers waiting for a
+    primary meet it: ``notify()`` (a round ended, the primary changed) wakes
+    ``wait_change``, and while someone is ``hurry``-ing the loop sleeps at
+    most ``HURRIED_INTERVAL`` between rounds.
+    """
+
+    def __init__(self, body: Callable[[], None], stop_timeout: float) -> None:
+        self._body = body
+        self._stop_timeout = stop_timeout
+        self._worker: Worker | None = None
+        self._stopping = False
+        # A sync cluster's threads share the counters and the worker.
+        self._lock = threading.Lock()
+        self._wake = threading.Event()  # cuts the sleep between two rounds short
+        self._changed = threading.Event()  # replaced at each notify()
+        self._measured = threading.Event()  # set once a first round has completed
+        self._hurry = 0
+        self.generation = 0
+        self.rounds_started = 0
+        self.rounds_done = 0
+
+    def ensure_started(self) -> None:
+        """Start the loop, unless it runs already (an async cluster's: in the running
+        event loop)."""
+        if running_sync(self._worker):
+            return
+        with self._lock:
+            if self._stopping or running_sync(self._worker):
+                return
+            self._worker = start_sync(self._body)
+
+    def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` (less while hurried, or until woken); True when the loop must stop."""
+        if self._hurry:
+            seconds = min(seconds, HURRIED_INTERVAL)
+        if not self._stopping:
+            wait_sync(self._wake, seconds)
+        self._wake.clear()
+        return self._stopping
+
+    def wake(self) -> None:
+        """Start the next round now."""
+        self._wake.set()
+
+    def hurry(self, delta: int) -> None:
+        """+1 while a writer waits for a primary (rounds run now, then more often), -1 after."""
+        with self._lock:
+            self._hurry += delta
+        if delta > 0:
+            self._wake.set()
+
+    @property
+    def measured(self) -> bool:
+        """Whether a first round has completed."""
+        return self._measured.is_set()
+
+    def round_started(self) -> None:
+        with self._lock:
+            self.rounds_started += 1
+
+    def round_done(self) -> None:
+        """Called by the loop after each round."""
+        with self._lock:
+            self.rounds_done += 1
+        self._measured.set()
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every ``wait_change`` (a round ended, or the primary changed)."""
+        with self._lock:
+            self.generation += 1
+            changed, self._changed = self._changed, threading.Event()
+        changed.set()
+
+    def wait_change(self, generation: int, timeout: float) -> None:
+        """Wait until ``notify()`` was called after ``generation`` was read, or ``timeout``."""
+        changed = self._changed  # taken first: a notify() after the check below sets it
+        if generation == self.generation:
+            wait_sync(changed, timeout)
+
+    def wait_measured(self) -> None:
+        """Wait for the first round to complete (at most the time a round may take)."""
+        wait_sync(self._measured, self._stop_timeout)
+
+    def stop(self) -> None:
+        """Stop the loop: its probes are bounded, so it ends within a round; never wait longer."""
+        self._stopping = True
+        self._wake.set()
+        self.notify()  # writers waiting for a primary see the cluster closed
+        worker, self._worker = self._worker, None
+        stop_sync(worker, self._stop_timeout)
 
 
 class Cluster:
@@ -748,11 +852,12 @@ class Cluster:
 
     # -- health --------------------------------------------------------------
 
-    def _health_loop(self, runner: HealthRunner) -> None:
+    def _health_loop(self) -> None:
         """Each ``health_check_interval``: probe every node at once, each on its own
         connection. Each answer says what the node is (primary, standby, down) and,
         for standbys, how far behind; nodes that failed come back when they answer.
         Every probe is bounded in time."""
+        runner = self._health
         probes: list[ProbeConnection | None] = [None] * len(self._pools)
 
         def probe(j: int) -> None:
@@ -769,7 +874,7 @@ class Cluster:
         try:
             while True:
                 runner.round_started()
-                runner.each(len(self._pools), probe)
+                each_sync(len(self._pools), probe)
                 runner.round_done()
                 if runner.sleep(self._interval):
                     break

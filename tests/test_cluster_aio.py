@@ -236,7 +236,7 @@ async def test_stopped_replica_fails_none_of_50_tasks(
             await asyncio.gather(*tasks)
             await asyncio.to_thread(pg_cluster.start_replica, 0)
         assert failures == []
-        health = db._health._task
+        health = db._health._worker
         assert health is not None and not health.done()
     assert health.done()  # dispose stopped the health task
     with pytest.raises(pgfast.PoolClosedError):
