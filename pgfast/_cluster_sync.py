@@ -35,6 +35,7 @@ import psycopg
 from psycopg import generators
 from psycopg.pq import TransactionStatus
 
+from ._bulk_sync import Conditions, Names, Records, Types
 from ._cluster_common import (
     HURRIED_INTERVAL,
     READ_ONLY_SQL_TRANSACTION,
@@ -75,8 +76,6 @@ from ._pool_sync import (
     Transaction,
     _Queryable,
 )
-
-Records = Sequence[Any]
 
 T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
@@ -457,31 +456,100 @@ class Cluster:
 
     # -- bulk loading: writes on the primary, bulk_select as a read ----------
 
-    def bulk_insert(self, table: str | SQLQuery, records: Records, **options: Any) -> Any:
-        """``bulk_insert`` on the primary (options as for a pool's)."""
-        return self._route(lambda db: _host(db).bulk_insert(table, records, **options), False)
+    def bulk_insert(
+        self,
+        table: str | SQLQuery,
+        records: Records,
+        *,
+        columns: Names | None = None,
+        column_types: Types | None = None,
+        returning: Names | SQLQuery | None = None,
+    ) -> list[Row]:
+        """``bulk_insert`` on the primary (see the pool's)."""
+        return self._route(
+            lambda db: _host(db).bulk_insert(
+                table, records, columns=columns, column_types=column_types, returning=returning
+            ),
+            False,
+        )
 
     def bulk_update(
-        self, table: str | SQLQuery, updates: Sequence[Mapping[str, Any]], **options: Any
+        self,
+        table: str | SQLQuery,
+        updates: Sequence[Mapping[str, Mapping[str, Any]]],
+        *,
+        where_columns: Names,
+        set_columns: Names,
+        column_types: Types | None = None,
+        returning: Names | SQLQuery | None = None,
     ) -> Any:
-        """``bulk_update`` on the primary (options as for a pool's)."""
-        return self._route(lambda db: _host(db).bulk_update(table, updates, **options), False)
+        """``bulk_update`` on the primary (see the pool's)."""
+        return self._route(
+            lambda db: _host(db).bulk_update(
+                table,
+                updates,
+                where_columns=where_columns,
+                set_columns=set_columns,
+                column_types=column_types,
+                returning=returning,
+            ),
+            False,
+        )
 
-    def bulk_delete(self, table: str | SQLQuery, conditions: Records, **options: Any) -> int:
-        """``bulk_delete`` on the primary (options as for a pool's)."""
-        return self._route(lambda db: _host(db).bulk_delete(table, conditions, **options), False)
+    def bulk_delete(
+        self,
+        table: str | SQLQuery,
+        conditions: Conditions,
+        *,
+        where_columns: Names,
+        column_types: Types | None = None,
+    ) -> int:
+        """``bulk_delete`` on the primary (see the pool's)."""
+        return self._route(
+            lambda db: _host(db).bulk_delete(
+                table, conditions, where_columns=where_columns, column_types=column_types
+            ),
+            False,
+        )
 
-    def bulk_select(self, table: str | SQLQuery, conditions: Records, **options: Any) -> list[Row]:
-        """``bulk_select`` on a replica (options as for a pool's)."""
-        return self._route(lambda db: _host(db).bulk_select(table, conditions, **options), True)
+    def bulk_select(
+        self,
+        table: str | SQLQuery,
+        conditions: Conditions,
+        *,
+        where_columns: Names,
+        column_types: Types | None = None,
+        select_columns: Names | None = None,
+        distinct_columns: Names | None = None,
+        order_by: Names | None = None,
+        limit: int | None = None,
+    ) -> list[Row]:
+        """``bulk_select`` on a replica (see the pool's)."""
+        return self._route(
+            lambda db: _host(db).bulk_select(
+                table,
+                conditions,
+                where_columns=where_columns,
+                column_types=column_types,
+                select_columns=select_columns,
+                distinct_columns=distinct_columns,
+                order_by=order_by,
+                limit=limit,
+            ),
+            True,
+        )
 
     def copy_in(
-        self, table: str | SQLQuery, rows: Iterable[Any] | Iterable[Any], **options: Any
+        self,
+        table: str | SQLQuery,
+        rows: Iterable[Any] | Iterable[Any],
+        *,
+        columns: Names | None = None,
     ) -> int:
-        """``copy_in`` on the primary (options as for a pool's)."""
+        """``copy_in`` on the primary (see the pool's)."""
         # Rows from an iterator may be consumed: only a sequence can be sent again.
         return self._route(
-            lambda db: _host(db).copy_in(table, rows, **options),
+            lambda db: _host(db).copy_in(table, rows, columns=columns),
             False,
             rerun=isinstance(rows, Sequence),
         )

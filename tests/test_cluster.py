@@ -284,6 +284,30 @@ def test_read_after_rejects_bad_tokens() -> None:
         assert cluster.write_token() is None
 
 
+MISSPELT_BULK_OPTIONS: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = [
+    ("bulk_insert", ([{"id": 1}],), {"column": ["id"]}),
+    ("bulk_update", ([],), {"where_columns": ["id"], "set_columns": ["v"], "returnin": ["id"]}),
+    ("bulk_delete", ([{"id": 1}],), {"where_column": ["id"]}),
+    ("bulk_select", ([{"id": 1}],), {"where_columns": ["id"], "order": ["id"]}),
+    ("copy_in", ([(1,)],), {"colums": ["id"]}),
+]
+
+
+@nodb
+@pytest.mark.parametrize(("method", "args", "options"), MISSPELT_BULK_OPTIONS)
+def test_a_misspelt_bulk_option_is_rejected_as_by_a_pool(
+    method: str, args: tuple[Any, ...], options: dict[str, Any]
+) -> None:
+    misspelt = next(name for name in options if name not in ("where_columns", "set_columns"))
+    pool = create_pool(FAKE_URL)
+    with create_cluster(pool, [create_pool(FAKE_URL)]) as cluster:
+        for db, owner in ((pool, "BulkMixin"), (cluster, "Cluster")):
+            # Raised by the call itself: nothing is routed, no connection is asked for.
+            message = rf"{owner}\.{method}\(\) got an unexpected keyword argument '{misspelt}'"
+            with pytest.raises(TypeError, match=message):
+                getattr(db, method)("t", *args, **options)
+
+
 # -- routing -------------------------------------------------------------------
 
 

@@ -16,7 +16,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-from test_cluster import PROBE_BACKEND, Recorder, recorded_pools, server_pid, table  # noqa: F401  (a fixture)
+from test_cluster import (  # noqa: F401  (table: a fixture)
+    FAKE_URL,
+    MISSPELT_BULK_OPTIONS,
+    PROBE_BACKEND,
+    Recorder,
+    recorded_pools,
+    server_pid,
+    table,
+)
 
 import pgfast
 from pgfast._cluster_async import AsyncCluster
@@ -50,6 +58,20 @@ async def wait_until(what: str, check: Any, timeout: float = 20.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.05)
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize(("method", "args", "options"), MISSPELT_BULK_OPTIONS)
+async def test_a_misspelt_bulk_option_is_rejected_as_by_a_pool(
+    method: str, args: tuple[Any, ...], options: dict[str, Any]
+) -> None:
+    misspelt = next(name for name in options if name not in ("where_columns", "set_columns"))
+    pool = create_async_pool(FAKE_URL)
+    async with create_cluster(pool, [create_async_pool(FAKE_URL)]) as cluster:
+        for db, owner in ((pool, "AsyncBulkMixin"), (cluster, "AsyncCluster")):
+            message = rf"{owner}\.{method}\(\) got an unexpected keyword argument '{misspelt}'"
+            with pytest.raises(TypeError, match=message):
+                await getattr(db, method)("t", *args, **options)
 
 
 async def test_routing(db: AsyncCluster, rec: Recorder, table: str) -> None:  # noqa: F811

@@ -9,6 +9,8 @@ from pgfast import sql
 
 db = pgfast.create_pool()
 adb = pgfast.create_async_pool()
+cluster = pgfast.create_cluster(db, [db])
+acluster = pgfast.create_cluster(adb, [adb])
 
 
 def not_async(tx: pgfast.AsyncTransaction) -> int:
@@ -25,4 +27,8 @@ async def main() -> None:
     db.tx(lambda tx: None, isolation_levl="serializable")  # E: Unexpected keyword argument
     db.transaction(read_only="yes")  # E: incompatible type "str"
     pgfast.create_cluster(db, [db], balance="round-robin")  # E: No overload variant
+    db.bulk_select("t", [], where_columns=["id"], order="id")  # E: Unexpected keyword argument
+    cluster.bulk_select("t", [], where_columns=["id"], order="id")  # E: Unexpected keyword argument
+    await acluster.bulk_delete("t", [], where_column=["id"])  # E: Unexpected keyword argument
+    await acluster.copy_in("t", [], colums=["id"])  # E: Unexpected keyword argument
     print(count)
