@@ -17,6 +17,7 @@ from typing import TextIO
 
 import psycopg
 
+from ._cluster_common import choose_primary
 from ._config import resolve_config
 from ._exceptions import ConfigurationError
 
@@ -130,10 +131,10 @@ def check_node(url: str) -> NodeReport:
 def elect(reports: list[NodeReport]) -> list[NodeReport]:
     """``reports`` with every writable primary but the one a cluster would use
     (the highest timeline, then the first given) marked ``superseded``."""
-    writable = [i for i, r in enumerate(reports) if r.writable]
+    writable = {i: r.timeline or 0 for i, r in enumerate(reports) if r.writable}
     if len(writable) < 2:
         return reports
-    chosen = max(writable, key=lambda i: (reports[i].timeline or 0, -i))
+    chosen = choose_primary(writable, 0)  # a tie goes to the first given, as in a cluster
     return [
         replace(r, superseded=True) if i in writable and i != chosen else r
         for i, r in enumerate(reports)

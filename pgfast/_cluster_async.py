@@ -12,8 +12,10 @@ anything was sent (then it may wait for a primary and run there) or after
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import math
+import threading
 import time
 from collections.abc import (
     AsyncGenerator,
@@ -33,20 +35,27 @@ import psycopg
 from psycopg import generators
 from psycopg.pq import TransactionStatus
 
-from . import _impl
+from ._bulk_async import Conditions, Names, Records, Types
 from ._cluster_common import (
+    HURRIED_INTERVAL,
     READ_ONLY_SQL_TRANSACTION,
     REPLAY_LSN_SQL,
     ROLE_SQL,
     STATUS_SQL,
     WRITE_LSN_SQL,
-    AsyncHealthRunner,
+    AsyncWorker,
     ClusterState,
     Failure,
     ProbeRefused,
     classify_failure,
+    each_async,
+    is_read_only,
     probe_row,
     probe_timeout,
+    running_async,
+    start_async,
+    stop_async,
+    wait_async,
 )
 from ._exceptions import NoPrimaryError, PoolClosedError, PoolTimeoutError, PostCommitError
 from ._pool_async import AsyncConnectionPool
@@ -64,8 +73,6 @@ from ._pool_common import (
 )
 from ._queryable_async import _AsyncQueryable
 from ._transaction_async import AsyncConnection, AsyncTransaction
-
-Records = Sequence[Any]
 
 T = TypeVar("T")
 IDLE = TransactionStatus.IDLE
@@ -97,6 +104,14 @@ def _pgconn(conn: AsyncConnection) -> Any:
     return raw.pgconn
 
 
+async def _exit(block: AbstractAsyncContextManager[Any], exc: BaseException | None) -> None:
+    """Leave ``block`` as its ``with`` statement would, after ``exc`` (None: no error)."""
+    if exc is None:
+        await block.__aexit__(None, None, None)
+    else:
+        await block.__aexit__(type(exc), exc, exc.__traceback__)
+
+
 class _FailoverClock:
     """A write's wait for a primary ends ``failover_timeout`` after its first failed attempt."""
 
@@ -110,6 +125,112 @@ class _FailoverClock:
         if self.deadline is None:
             self.deadline = time.monotonic() + self.timeout
         return self.deadline
+
+
+class AsyncHealthRunner:
+    """Runs a cluster's health loop in the background: as a task of the event loop using
+    the cluster (a sync cluster's: in a daemon thread).
+
+    Besides starting and stopping the loop it is where writers waiting for a
+    primary meet it: ``notify()`` (a round ended, the primary changed) wakes
+    ``wait_change``, and while someone is ``hurry``-ing the loop sleeps at
+    most ``HURRIED_INTERVAL`` between rounds.
+    """
+
+    def __init__(self, body: Callable[[], Awaitable[None]], stop_timeout: float) -> None:
+        self._body = body
+        self._stop_timeout = stop_timeout
+        self._worker: AsyncWorker | None = None
+        self._stopping = False
+        # A sync cluster's threads share the counters and the worker.
+        self._lock = threading.Lock()
+        self._wake = asyncio.Event()  # cuts the sleep between two rounds short
+        self._changed = asyncio.Event()  # replaced at each notify()
+        self._measured = asyncio.Event()  # set once a first round has completed
+        self._hurry = 0
+        self.generation = 0
+        self.rounds_started = 0
+        self.rounds_done = 0
+
+    def ensure_started(self) -> None:
+        """Start the loop, unless it runs already (an async cluster's: in the running
+        event loop)."""
+        if running_async(self._worker):
+            return
+        with self._lock:
+            if self._stopping or running_async(self._worker):
+                return
+            # begin async-only
+            # Events are bound to the loop that first waits on them: new ones per loop.
+            measured = self.measured
+            self._wake = asyncio.Event()
+            self._changed = asyncio.Event()
+            self._measured = asyncio.Event()
+            if measured:
+                self._measured.set()
+            # end async-only
+            self._worker = start_async(self._body)
+
+    async def sleep(self, seconds: float) -> bool:
+        """Wait ``seconds`` (less while hurried, or until woken); True when the loop must stop."""
+        if self._hurry:
+            seconds = min(seconds, HURRIED_INTERVAL)
+        if not self._stopping:
+            await wait_async(self._wake, seconds)
+        self._wake.clear()
+        return self._stopping
+
+    def wake(self) -> None:
+        """Start the next round now."""
+        self._wake.set()
+
+    def hurry(self, delta: int) -> None:
+        """+1 while a writer waits for a primary (rounds run now, then more often), -1 after."""
+        with self._lock:
+            self._hurry += delta
+        if delta > 0:
+            self._wake.set()
+
+    @property
+    def measured(self) -> bool:
+        """Whether a first round has completed."""
+        return self._measured.is_set()
+
+    def round_started(self) -> None:
+        with self._lock:
+            self.rounds_started += 1
+
+    def round_done(self) -> None:
+        """Called by the loop after each round."""
+        with self._lock:
+            self.rounds_done += 1
+        self._measured.set()
+        self.notify()
+
+    def notify(self) -> None:
+        """Wake every ``wait_change`` (a round ended, or the primary changed)."""
+        with self._lock:
+            self.generation += 1
+            changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def wait_change(self, generation: int, timeout: float) -> None:
+        """Wait until ``notify()`` was called after ``generation`` was read, or ``timeout``."""
+        changed = self._changed  # taken first: a notify() after the check below sets it
+        if generation == self.generation:
+            await wait_async(changed, timeout)
+
+    async def wait_measured(self) -> None:
+        """Wait for the first round to complete (at most the time a round may take)."""
+        await wait_async(self._measured, self._stop_timeout)
+
+    async def stop(self) -> None:
+        """Stop the loop: its probes are bounded, so it ends within a round; never wait longer."""
+        self._stopping = True
+        self._wake.set()
+        self.notify()  # writers waiting for a primary see the cluster closed
+        worker, self._worker = self._worker, None
+        await stop_async(worker, self._stop_timeout)
 
 
 class AsyncCluster:
@@ -160,20 +281,20 @@ class AsyncCluster:
         A list of queries goes to a replica only when every one is read-only.
         """
         if isinstance(q, SQLQuery):
-            read = self._is_read(q)
+            read = is_read_only(q)
         elif isinstance(q, list):
-            read = all(self._is_read(one) for one in check_queries(q))
+            read = all(is_read_only(one) for one in check_queries(q))
         else:
             not_a_query(q)
         return await self._route(lambda db: db.query(q), read)
 
     async def query_one(self, q: SQLQuery) -> Row | None:
         """The only row of ``q`` (or ``None``), routed like ``query``."""
-        return await self._route(lambda db: db.query_one(q), self._is_read(q))
+        return await self._route(lambda db: db.query_one(q), is_read_only(q))
 
     async def query_value(self, q: SQLQuery) -> Any:
         """The first column of the only row of ``q``, routed like ``query``."""
-        return await self._route(lambda db: db.query_value(q), self._is_read(q))
+        return await self._route(lambda db: db.query_value(q), is_read_only(q))
 
     async def execute(self, q: SQLQuery) -> int:
         """Run a statement on the primary; return the number of rows it affected."""
@@ -187,44 +308,36 @@ class AsyncCluster:
         A node that fails before the first row is replaced by another one.
         """
         self._check_open()
-        if self._is_read(q):
-            exclude = 0
-            while (j := await self._pick(exclude)) >= 0:
-                if self._on_route is not None:
-                    self._on_route("read")
-                started = False
-                try:
-                    block, conn, pgconn = await self._enter_node(j)
+        if is_read_only(q):
+            async with aclosing(self._replicas()) as replicas:
+                async for j in replicas:
+                    started = False
                     try:
-                        async with aclosing(conn.query_stream(q, batch_size)) as rows:
-                            async for row in rows:
-                                if not started:
-                                    started = True
-                                    self._state.count_query(j)
-                                yield row
-                    except BaseException as exc:
-                        await self._exit_node(j, block, pgconn, exc)
-                        raise
-                    await self._exit_node(j, block, pgconn, None)
-                    if not started:
-                        self._state.count_query(j)
-                    return
-                except Exception as exc:
-                    failure = classify_failure(exc)
-                    if started or failure is Failure.QUERY_ERROR:
-                        raise
-                    if failure is Failure.RERUN_ON_PRIMARY:
-                        break  # only the primary can run it
-                    await self._node_down(j, str(exc))
-                    exclude |= 1 << j
-                finally:
-                    self._state.selector.release(j)
-            else:
-                self._state.no_replica()
-                if self._on_route is not None:
-                    self._on_route(self._state.fallback_reason(exclude))
-        elif self._on_route is not None:
-            self._on_route("write")
+                        block, conn, pgconn = await self._enter_node(j)
+                        try:
+                            async with aclosing(conn.query_stream(q, batch_size)) as rows:
+                                async for row in rows:
+                                    if not started:
+                                        started = True
+                                        self._state.count_query(j)
+                                    yield row
+                        except BaseException as exc:
+                            await self._exit_node(j, block, pgconn, exc)
+                            raise
+                        await self._exit_node(j, block, pgconn, None)
+                        if not started:
+                            self._state.count_query(j)
+                        return
+                    except Exception as exc:
+                        if started:
+                            raise
+                        failure = await self._read_failed(j, exc)
+                        if failure is Failure.QUERY_ERROR:
+                            raise
+                        if failure is Failure.RERUN_ON_PRIMARY:
+                            break  # only the primary can run it
+        else:
+            self._route_to("write")
         clock = _FailoverClock(self._failover_timeout)
         while True:
             j, block, conn = await self._enter_primary(clock)
@@ -293,62 +406,43 @@ class AsyncCluster:
     ) -> AsyncIterator[AsyncTransaction]:
         self._check_open()
         if on_replica:
-            exclude = 0
-            while (j := await self._pick(exclude)) >= 0:
-                if self._on_route is not None:
-                    self._on_route("read")
-                block = None
-                try:
-                    block, conn, pgconn = await self._enter_node(j)
-                    tx_block = conn.transaction(**options)
-                    tx = await tx_block.__aenter__()
-                except BaseException as exc:  # a cancellation too must release it
-                    if block is not None:  # a failed _enter_node left nothing behind
-                        await self._exit_node(j, block, pgconn, exc)
-                    self._state.selector.release(j)
-                    if not isinstance(exc, Exception):
-                        raise
-                    failure = classify_failure(exc)
-                    if failure is Failure.QUERY_ERROR:
-                        raise
-                    if failure is Failure.RERUN_ON_PRIMARY:
-                        break  # refused before the block started: the primary runs it
-                    await self._node_down(j, str(exc))
-                    exclude |= 1 << j
-                    continue
-                self._state.count_query(j)
-                try:
+            async with aclosing(self._replicas()) as replicas:
+                async for j in replicas:
+                    block = None
                     try:
-                        yield tx
+                        block, conn, pgconn = await self._enter_node(j)
+                        tx_block = conn.transaction(**options)
+                        tx = await tx_block.__aenter__()
+                    except BaseException as exc:  # a cancellation too must hand it back
+                        if block is not None:  # a failed _enter_node left nothing behind
+                            await self._exit_node(j, block, pgconn, exc)
+                        if not isinstance(exc, Exception):
+                            raise
+                        failure = await self._read_failed(j, exc)
+                        if failure is Failure.QUERY_ERROR:
+                            raise
+                        if failure is Failure.RERUN_ON_PRIMARY:
+                            break  # refused before the block started: the primary runs it
+                        continue
+                    self._state.count_query(j)
+                    try:
+                        try:
+                            yield tx
+                        except BaseException as exc:
+                            if isinstance(exc, Exception):
+                                await self._read_failed(j, exc)  # a lost node leaves rotation
+                            await _exit(tx_block, exc)
+                            raise
+                        await _exit(tx_block, None)
                     except BaseException as exc:
-                        if self._lost(exc):
-                            await self._node_down(j, str(exc))
-                        await tx_block.__aexit__(type(exc), exc, exc.__traceback__)
+                        await self._exit_node(j, block, pgconn, exc)
                         raise
-                    await tx_block.__aexit__(None, None, None)
-                except BaseException as exc:
-                    await self._exit_node(j, block, pgconn, exc)
-                    raise
-                else:
                     await self._exit_node(j, block, pgconn, None)
-                finally:
-                    self._state.selector.release(j)
-                return
-            else:
-                self._state.no_replica()
-                if self._on_route is not None:
-                    self._on_route(self._state.fallback_reason(exclude))
-        elif self._on_route is not None:
-            self._on_route("write")
-        writer, block, conn = await self._enter_primary(_FailoverClock(self._failover_timeout))
-        self._state.count_query(writer)
-        try:
-            async with conn.transaction(**options) as tx:
-                yield tx
-        except BaseException as exc:
-            await self._leave(block, conn, exc)
-            raise
-        await self._leave(block, conn, None)
+                    return
+        else:
+            self._route_to("write")
+        async with self.connection() as conn, conn.transaction(**options) as tx:
+            yield tx
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[AsyncConnection]:
@@ -370,37 +464,100 @@ class AsyncCluster:
 
     # -- bulk loading: writes on the primary, bulk_select as a read ----------
 
-    async def bulk_insert(self, table: str | SQLQuery, records: Records, **options: Any) -> Any:
-        """``bulk_insert`` on the primary (options as for a pool's)."""
-        return await self._route(lambda db: _host(db).bulk_insert(table, records, **options), False)
+    async def bulk_insert(
+        self,
+        table: str | SQLQuery,
+        records: Records,
+        *,
+        columns: Names | None = None,
+        column_types: Types | None = None,
+        returning: Names | SQLQuery | None = None,
+    ) -> list[Row]:
+        """``bulk_insert`` on the primary (see the pool's)."""
+        return await self._route(
+            lambda db: _host(db).bulk_insert(
+                table, records, columns=columns, column_types=column_types, returning=returning
+            ),
+            False,
+        )
 
     async def bulk_update(
-        self, table: str | SQLQuery, updates: Sequence[Mapping[str, Any]], **options: Any
+        self,
+        table: str | SQLQuery,
+        updates: Sequence[Mapping[str, Mapping[str, Any]]],
+        *,
+        where_columns: Names,
+        set_columns: Names,
+        column_types: Types | None = None,
+        returning: Names | SQLQuery | None = None,
     ) -> Any:
-        """``bulk_update`` on the primary (options as for a pool's)."""
-        return await self._route(lambda db: _host(db).bulk_update(table, updates, **options), False)
-
-    async def bulk_delete(self, table: str | SQLQuery, conditions: Records, **options: Any) -> int:
-        """``bulk_delete`` on the primary (options as for a pool's)."""
+        """``bulk_update`` on the primary (see the pool's)."""
         return await self._route(
-            lambda db: _host(db).bulk_delete(table, conditions, **options), False
+            lambda db: _host(db).bulk_update(
+                table,
+                updates,
+                where_columns=where_columns,
+                set_columns=set_columns,
+                column_types=column_types,
+                returning=returning,
+            ),
+            False,
+        )
+
+    async def bulk_delete(
+        self,
+        table: str | SQLQuery,
+        conditions: Conditions,
+        *,
+        where_columns: Names,
+        column_types: Types | None = None,
+    ) -> int:
+        """``bulk_delete`` on the primary (see the pool's)."""
+        return await self._route(
+            lambda db: _host(db).bulk_delete(
+                table, conditions, where_columns=where_columns, column_types=column_types
+            ),
+            False,
         )
 
     async def bulk_select(
-        self, table: str | SQLQuery, conditions: Records, **options: Any
+        self,
+        table: str | SQLQuery,
+        conditions: Conditions,
+        *,
+        where_columns: Names,
+        column_types: Types | None = None,
+        select_columns: Names | None = None,
+        distinct_columns: Names | None = None,
+        order_by: Names | None = None,
+        limit: int | None = None,
     ) -> list[Row]:
-        """``bulk_select`` on a replica (options as for a pool's)."""
+        """``bulk_select`` on a replica (see the pool's)."""
         return await self._route(
-            lambda db: _host(db).bulk_select(table, conditions, **options), True
+            lambda db: _host(db).bulk_select(
+                table,
+                conditions,
+                where_columns=where_columns,
+                column_types=column_types,
+                select_columns=select_columns,
+                distinct_columns=distinct_columns,
+                order_by=order_by,
+                limit=limit,
+            ),
+            True,
         )
 
     async def copy_in(
-        self, table: str | SQLQuery, rows: Iterable[Any] | AsyncIterable[Any], **options: Any
+        self,
+        table: str | SQLQuery,
+        rows: Iterable[Any] | AsyncIterable[Any],
+        *,
+        columns: Names | None = None,
     ) -> int:
-        """``copy_in`` on the primary (options as for a pool's)."""
+        """``copy_in`` on the primary (see the pool's)."""
         # Rows from an iterator may be consumed: only a sequence can be sent again.
         return await self._route(
-            lambda db: _host(db).copy_in(table, rows, **options),
+            lambda db: _host(db).copy_in(table, rows, columns=columns),
             False,
             rerun=isinstance(rows, Sequence),
         )
@@ -455,15 +612,10 @@ class AsyncCluster:
             raise PoolClosedError("the cluster was disposed")
         self._health.ensure_started()
 
-    @staticmethod
-    def _is_read(q: SQLQuery) -> bool:
-        if not isinstance(q, SQLQuery):
-            not_a_query(q)
-        return _impl.classify.is_read_only(q.format()[0])
-
-    @staticmethod
-    def _lost(exc: BaseException) -> bool:
-        return isinstance(exc, Exception) and classify_failure(exc) is Failure.NODE_DOWN
+    def _route_to(self, reason: str) -> None:
+        """Tell the route hook (set by pgfast.otel) why an operation goes where it goes."""
+        if self._on_route is not None:
+            self._on_route(reason)
 
     async def _route(
         self,
@@ -480,51 +632,66 @@ class AsyncCluster:
         read-only (demoted) primary may be sent again to the next one.
         """
         self._check_open()
+        if read:
+            async with aclosing(self._replicas()) as replicas:
+                async for j in replicas:
+                    result = cast(T, None)  # op's result, once it returned
+                    try:
+                        block, conn, pgconn = await self._enter_node(j)
+                        try:
+                            result = await op(conn)
+                        except BaseException as exc:
+                            await self._exit_node(j, block, pgconn, exc)
+                            raise
+                        await self._exit_node(j, block, pgconn, None)
+                    except PostCommitError as exc:
+                        # A read-only transaction's steps run when its connection is handed back.
+                        exc.result = result
+                        raise
+                    except Exception as exc:
+                        failure = await self._read_failed(j, exc)
+                        if failure is Failure.QUERY_ERROR or (started is not None and started()):
+                            raise
+                        if failure is Failure.RERUN_ON_PRIMARY:
+                            break  # only the primary can run it: a write after all
+                        continue
+                    self._state.count_query(j)
+                    return result
+                else:
+                    state = self._state
+                    writer = state.writer if state.writer >= 0 else state.primary
+                    state.count_query(writer)
+                    return await op(self._pools[writer])
+        return await self._write(op, started, rerun)
+
+    async def _replicas(self) -> AsyncGenerator[int, None]:
+        """The replicas to try a read on, one at a time, each counted in flight until the
+        next one is asked for or the loop is left.
+
+        The caller runs the read on the node it is given, and asks for another one only
+        once ``_read_failed`` took that node out of rotation. After the last one the read
+        falls back to the primary (``no_replica`` raises when it may not), and the route
+        hook is told why.
+        """
         state = self._state
-        if not read:
-            return await self._write(op, started, rerun)
         exclude = 0
         while (j := await self._pick(exclude)) >= 0:
-            if self._on_route is not None:
-                self._on_route("read")
-            result = cast(T, None)  # op's result, once it returned
+            self._route_to("read")
             try:
-                block, conn, pgconn = await self._enter_node(j)
-                try:
-                    result = await op(conn)
-                except BaseException as exc:
-                    await self._exit_node(j, block, pgconn, exc)
-                    raise
-                await self._exit_node(j, block, pgconn, None)
-            except PostCommitError as exc:
-                # A read-only transaction's steps run when its connection is handed back.
-                exc.result = result
-                raise
-            except Exception as exc:
-                failure = classify_failure(exc)
-                if failure is Failure.QUERY_ERROR:
-                    raise
-                user_code_ran = started is not None and started()
-                if failure is Failure.RERUN_ON_PRIMARY:
-                    if user_code_ran:
-                        raise
-                    # Only the primary can run it: a write after all.
-                    return await self._write(op, started, rerun)
-                await self._node_down(j, str(exc))
-                if user_code_ran:
-                    raise
-                exclude |= 1 << j
-                continue
+                yield j
             finally:
                 state.selector.release(j)
-            state.count_query(j)
-            return result
+            exclude |= 1 << j
         state.no_replica()
-        if self._on_route is not None:
-            self._on_route(state.fallback_reason(exclude))
-        writer = state.writer if state.writer >= 0 else state.primary
-        state.count_query(writer)
-        return await op(self._pools[writer])
+        self._route_to(state.fallback_reason(exclude))
+
+    async def _read_failed(self, j: int, exc: Exception) -> Failure:
+        """What ``exc``, raised by a read on replica ``j``, means for it; a node at fault
+        is taken out of rotation."""
+        failure = classify_failure(exc)
+        if failure is Failure.NODE_DOWN:
+            await self._node_down(j, str(exc))
+        return failure
 
     async def _pick(self, exclude: int) -> int:
         """A replica node (counted in flight) for a read, or -1 for the primary."""
@@ -544,10 +711,9 @@ class AsyncCluster:
                 row = await cur.fetchone()
         except BaseException as exc:  # a cancellation too must release it
             state.selector.release(j)
-            if classify_failure(exc) is not Failure.NODE_DOWN:
-                raise
-            await self._node_down(j, str(exc))
-            return -1
+            if isinstance(exc, Exception) and await self._read_failed(j, exc) is Failure.NODE_DOWN:
+                return -1
+            raise
         state.note_replay(j, None if row is None else row[0])
         if state.reached_token(j):
             return j
@@ -570,10 +736,7 @@ class AsyncCluster:
         self, j: int, block: Checkout, pgconn: Any, exc: BaseException | None
     ) -> None:
         self._state.untrack(j, pgconn)
-        if exc is None:
-            await block.__aexit__(None, None, None)
-        else:
-            await block.__aexit__(type(exc), exc, exc.__traceback__)
+        await _exit(block, exc)
 
     async def _node_down(self, j: int, reason: str, cut_reads: bool = False) -> None:
         """Node ``j`` failed: out of rotation, the callers queued for one of its
@@ -607,8 +770,7 @@ class AsyncCluster:
     async def _write(self, op: Operation[T], started: Callable[[], bool] | None, rerun: bool) -> T:
         """Run ``op`` on the primary; through a failover, once nothing was written."""
         clock = _FailoverClock(self._failover_timeout)
-        if self._on_route is not None:
-            self._on_route("write")
+        self._route_to("write")
         while True:
             j, block, conn = await self._enter_primary(clock)
             self._state.count_query(j)
@@ -652,8 +814,8 @@ class AsyncCluster:
                 if not await self._await_primary(j, exc, clock, same_node=not busy):
                     raise
                 continue
-            if self._on_route is not None and clock.deadline is not None:
-                self._on_route("failover")  # this write waited for a primary
+            if clock.deadline is not None:
+                self._route_to("failover")  # this write waited for a primary
             return j, block, conn
 
     async def _leave(
@@ -670,10 +832,7 @@ class AsyncCluster:
                     with contextlib.suppress(Exception):
                         await self._record_write(conn)
         finally:
-            if exc is None:
-                await block.__aexit__(None, None, None)
-            else:
-                await block.__aexit__(type(exc), exc, exc.__traceback__)
+            await _exit(block, exc)
 
     async def _retry_write(
         self,
@@ -775,11 +934,12 @@ class AsyncCluster:
 
     # -- health --------------------------------------------------------------
 
-    async def _health_loop(self, runner: AsyncHealthRunner) -> None:
+    async def _health_loop(self) -> None:
         """Each ``health_check_interval``: probe every node at once, each on its own
         connection. Each answer says what the node is (primary, standby, down) and,
         for standbys, how far behind; nodes that failed come back when they answer.
         Every probe is bounded in time."""
+        runner = self._health
         probes: list[ProbeConnection | None] = [None] * len(self._pools)
 
         async def probe(j: int) -> None:
@@ -796,7 +956,7 @@ class AsyncCluster:
         try:
             while True:
                 runner.round_started()
-                await runner.each(len(self._pools), probe)
+                await each_async(len(self._pools), probe)
                 runner.round_done()
                 if await runner.sleep(self._interval):
                     break

@@ -2,8 +2,8 @@
 
 Routing state and decisions (which node is the primary, which nodes may serve
 a read, what an error means for a node), WAL positions (LSNs) and write
-tokens, the health probe query, the background health runners, the public
-``is_read_only`` and ``create_cluster``.
+tokens, the health probe query, the health runner's background work (a task
+or a thread), the public ``is_read_only`` and ``create_cluster``.
 
 Nodes are numbered in the order given to ``create_cluster``: node 0 is the
 pool given as the primary, node ``i + 1`` the replica given at index ``i``.
@@ -20,7 +20,7 @@ import re
 import threading
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Literal, overload
 
@@ -184,6 +184,13 @@ def classify_failure(exc: BaseException) -> Failure:
     return Failure.QUERY_ERROR
 
 
+def choose_primary(timelines: Mapping[int, int], current: int) -> int:
+    """Of the writable nodes (each with the timeline it writes on), the one writes go to:
+    the highest timeline (the most recently promoted), then ``current``, then the lowest
+    node; -1 when none is writable."""
+    return max(timelines, key=lambda j: (timelines[j], j == current, -j), default=-1)
+
+
 class Kind(enum.Enum):
     """What a node's last health probe found it to be."""
 
@@ -344,12 +351,12 @@ class ClusterState:
         is_up = self.selector.is_up
         if current >= 0 and self.kind[current] is Kind.ASSUMED_PRIMARY and is_up(current):
             return None
-        writable = [j for j in range(self.count) if self.kind[j] is Kind.WRITABLE and is_up(j)]
-        chosen = (
-            max(writable, key=lambda j: (self.timeline[j], j == self.primary, -j))
-            if writable
-            else -1
-        )
+        writable = {
+            j: self.timeline[j]
+            for j in range(self.count)
+            if self.kind[j] is Kind.WRITABLE and is_up(j)
+        }
+        chosen = choose_primary(writable, self.primary)
         if chosen == current:
             return None
         self.writer = chosen
@@ -534,8 +541,7 @@ class ClusterState:
         with self._lock:
             self.answers[j] = f"down ({reason})"
             previous = self._elect()
-        if cut_reads:
-            with self._lock:  # sever() never blocks
+            if cut_reads:  # under the lock, like track(); sever() never blocks
                 for pgconn in self._reads[j]:
                     sever(pgconn)
         if was_up:
@@ -586,226 +592,86 @@ class ClusterState:
         }
 
 
-class AsyncHealthRunner:
-    """Runs a cluster's health loop as an asyncio task of the loop using the cluster.
+# -- the health runner's background work: a task of an async cluster's event loop,
+# a thread of a sync cluster's. AsyncHealthRunner (in _cluster_async) calls the
+# ``_async`` ones; its generated twin HealthRunner the ``_sync`` ones.
 
-    Besides starting and stopping the loop it is where writers waiting for a
-    primary meet it: ``notify()`` (a round ended, the primary changed) wakes
-    ``wait_change``, and while someone is ``hurry``-ing the loop sleeps at
-    most ``HURRIED_INTERVAL`` between rounds.
-    """
-
-    def __init__(
-        self,
-        body: Callable[[AsyncHealthRunner], Coroutine[Any, Any, None]],
-        stop_timeout: float,
-    ) -> None:
-        self._body = body
-        self._stop_timeout = stop_timeout
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = False
-        self._wake = asyncio.Event()  # cuts the sleep between two rounds short
-        self._changed = asyncio.Event()  # replaced at each notify()
-        self._measured = asyncio.Event()  # set once a first round has completed
-        self._hurry = 0
-        self.generation = 0
-        self.rounds_started = 0
-        self.rounds_done = 0
-
-    def ensure_started(self) -> None:
-        """Start the loop in the running event loop, unless it already runs there."""
-        task = self._task
-        if task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop():
-            return
-        # Events are bound to the loop that first waits on them: new ones per loop.
-        measured = self.measured
-        self._wake = asyncio.Event()
-        self._changed = asyncio.Event()
-        self._measured = asyncio.Event()
-        if measured:
-            self._measured.set()
-        self._task = asyncio.get_running_loop().create_task(self._body(self))
-
-    async def sleep(self, seconds: float) -> bool:
-        """Wait ``seconds`` (less while hurried, or until woken); True when the loop must stop."""
-        if self._hurry:
-            seconds = min(seconds, HURRIED_INTERVAL)
-        if not self._stopping:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), seconds)
-        self._wake.clear()
-        return self._stopping
-
-    def wake(self) -> None:
-        """Start the next round now."""
-        self._wake.set()
-
-    def hurry(self, delta: int) -> None:
-        """+1 while a writer waits for a primary (rounds run now, then more often), -1 after."""
-        self._hurry += delta
-        if delta > 0:
-            self._wake.set()
-
-    @property
-    def measured(self) -> bool:
-        """Whether a first round has completed."""
-        return self._measured.is_set()
-
-    def round_started(self) -> None:
-        self.rounds_started += 1
-
-    def round_done(self) -> None:
-        """Called by the loop after each round."""
-        self.rounds_done += 1
-        self._measured.set()
-        self.notify()
-
-    def notify(self) -> None:
-        """Wake every ``wait_change`` (a round ended, or the primary changed)."""
-        self.generation += 1
-        changed, self._changed = self._changed, asyncio.Event()
-        changed.set()
-
-    async def wait_change(self, generation: int, timeout: float) -> None:
-        """Wait until ``notify()`` was called after ``generation`` was read, or ``timeout``."""
-        if generation != self.generation:
-            return
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
-
-    async def wait_measured(self) -> None:
-        """Wait for the first round to complete (at most the time a round may take)."""
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._measured.wait(), self._stop_timeout)
-
-    @staticmethod
-    async def each(count: int, probe: Callable[[int], Awaitable[None]]) -> None:
-        """Run ``probe(j)`` for j in ``range(count)`` concurrently."""
-        await asyncio.gather(*(probe(j) for j in range(count)))
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        self.notify()  # writers waiting for a primary see the cluster closed
-        task, self._task = self._task, None
-        if task is None or task.done():
-            return
-        try:
-            same_loop = task.get_loop() is asyncio.get_running_loop()
-        except RuntimeError:
-            same_loop = False
-        if same_loop:
-            # Probes are bounded, so the loop ends within a round; never wait longer.
-            await asyncio.wait({task}, timeout=self._stop_timeout)
-        task.cancel()
+AsyncWorker = asyncio.Task[None]
+Worker = threading.Thread
 
 
-class HealthRunner:
-    """Runs a cluster's health loop in a daemon thread (never keeps the process alive).
+def running_async(task: AsyncWorker | None) -> bool:
+    """Whether ``task`` runs, in the running event loop."""
+    return task is not None and not task.done() and task.get_loop() is asyncio.get_running_loop()
 
-    The sync twin of ``AsyncHealthRunner``: the same protocol, with threads.
-    """
 
-    def __init__(self, body: Callable[[HealthRunner], None], stop_timeout: float) -> None:
-        self._body = body
-        self._stop_timeout = stop_timeout
-        self._stop = threading.Event()
-        self._wake = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(threading.Lock())
-        self._measured = threading.Event()  # set once a first round has completed
-        self._hurry = 0
-        self.generation = 0
-        self.rounds_started = 0
-        self.rounds_done = 0
+def running_sync(thread: Worker | None) -> bool:
+    """Whether ``thread`` was started: it runs until the runner stops."""
+    return thread is not None
 
-    def ensure_started(self) -> None:
-        """Start the thread once."""
-        if self._thread is not None:
-            return
-        with self._lock:
-            if self._thread is None and not self._stop.is_set():
-                self._thread = threading.Thread(
-                    target=self._body, args=(self,), name="pgfast-cluster-health", daemon=True
-                )
-                self._thread.start()
 
-    def sleep(self, seconds: float) -> bool:
-        """Wait ``seconds`` (less while hurried, or until woken); True when the loop must stop."""
-        if self._hurry:
-            seconds = min(seconds, HURRIED_INTERVAL)
-        self._wake.wait(seconds)
-        self._wake.clear()
-        return self._stop.is_set()
+def start_async(body: Callable[[], Awaitable[None]]) -> AsyncWorker:
+    """``body()`` as a task of the running event loop."""
+    return asyncio.ensure_future(body(), loop=asyncio.get_running_loop())
 
-    def wake(self) -> None:
-        """Start the next round now."""
-        self._wake.set()
 
-    def hurry(self, delta: int) -> None:
-        """+1 while a writer waits for a primary (rounds run now, then more often), -1 after."""
-        with self._changed:
-            self._hurry += delta
-        if delta > 0:
-            self._wake.set()
+def start_sync(body: Callable[[], None]) -> Worker:
+    """``body()`` in a daemon thread (which never keeps the process alive)."""
+    thread = threading.Thread(target=body, name="pgfast-cluster-health", daemon=True)
+    thread.start()
+    return thread
 
-    @property
-    def measured(self) -> bool:
-        """Whether a first round has completed."""
-        return self._measured.is_set()
 
-    def round_started(self) -> None:
-        with self._changed:
-            self.rounds_started += 1
+async def wait_async(event: asyncio.Event, timeout: float) -> None:
+    """Until ``event`` is set, or ``timeout`` seconds."""
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(event.wait(), timeout)
 
-    def round_done(self) -> None:
-        """Called by the loop after each round."""
-        with self._changed:
-            self.rounds_done += 1
-        self._measured.set()
-        self.notify()
 
-    def notify(self) -> None:
-        """Wake every ``wait_change`` (a round ended, or the primary changed)."""
-        with self._changed:
-            self.generation += 1
-            self._changed.notify_all()
+def wait_sync(event: threading.Event, timeout: float) -> None:
+    """Until ``event`` is set, or ``timeout`` seconds."""
+    event.wait(timeout)
 
-    def wait_change(self, generation: int, timeout: float) -> None:
-        """Wait until ``notify()`` was called after ``generation`` was read, or ``timeout``."""
-        with self._changed:
-            self._changed.wait_for(lambda: self.generation != generation, timeout)
 
-    def wait_measured(self) -> None:
-        """Wait for the first round to complete (at most the time a round may take)."""
-        self._measured.wait(self._stop_timeout)
+async def each_async(count: int, probe: Callable[[int], Awaitable[None]]) -> None:
+    """Run ``probe(j)`` for j in ``range(count)`` concurrently."""
+    await asyncio.gather(*(probe(j) for j in range(count)))
 
-    @staticmethod
-    def each(count: int, probe: Callable[[int], None]) -> None:
-        """Run ``probe(j)`` for j in ``range(count)`` concurrently, in threads: one node
-        that does not answer delays none of the others' verdicts."""
-        threads = [
-            threading.Thread(target=probe, args=(j,), name="pgfast-cluster-probe", daemon=True)
-            for j in range(1, count)
-        ]
+
+def each_sync(count: int, probe: Callable[[int], None]) -> None:
+    """Run ``probe(j)`` for j in ``range(count)`` concurrently, in threads: one node
+    that does not answer delays none of the others' verdicts."""
+    threads = [
+        threading.Thread(target=probe, args=(j,), name="pgfast-cluster-probe", daemon=True)
+        for j in range(1, count)
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        probe(0)
+    finally:
         for thread in threads:
-            thread.start()
-        try:
-            probe(0)
-        finally:
-            for thread in threads:
-                thread.join()
+            thread.join()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self.notify()  # writers waiting for a primary see the cluster closed
-        thread = self._thread
-        if thread is not None and thread is not threading.current_thread():
-            # Probes are bounded, so the loop ends within a round; a daemon thread
-            # still busy after that closes its connections when it wakes up.
-            thread.join(self._stop_timeout)
+
+async def stop_async(task: AsyncWorker | None, timeout: float) -> None:
+    """Let ``task`` end, for ``timeout`` seconds at most, then cancel it."""
+    if task is None or task.done():
+        return
+    try:
+        same_loop = task.get_loop() is asyncio.get_running_loop()
+    except RuntimeError:
+        same_loop = False
+    if same_loop:
+        await asyncio.wait({task}, timeout=timeout)
+    task.cancel()
+
+
+def stop_sync(thread: Worker | None, timeout: float) -> None:
+    """Let ``thread`` end, for ``timeout`` seconds at most: a daemon thread still busy
+    after that closes its connections when it wakes up."""
+    if thread is not None and thread is not threading.current_thread():
+        thread.join(timeout)
 
 
 # How reads are spread over the replicas (checked at run time too).

@@ -26,7 +26,6 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from test_cluster import Recorder, recorded_pools, wait_until
 
 import pgfast
 from pgfast import _cluster_sync
@@ -35,6 +34,8 @@ from pgfast._cluster_common import STATUS_SQL, create_cluster, probe_timeout
 from pgfast._factories import create_async_pool, create_pool
 from pgfast._sql import sql
 from pgfast.testing import FaultProxy, LocalCluster
+from tests._cluster import Recorder, recorded_pools
+from tests._cluster import wait_until_sync as wait_until
 
 INTERVAL = 0.2  # health_check_interval of these tests' clusters
 WRITERS = 4

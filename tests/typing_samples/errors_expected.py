@@ -12,6 +12,8 @@ from pgfast.abc import Queryable
 
 db = pgfast.create_pool()
 adb = pgfast.create_async_pool()
+cluster = pgfast.create_cluster(db, [db])
+acluster = pgfast.create_cluster(adb, [adb])
 
 
 def not_async(tx: pgfast.AsyncTransaction) -> int:
@@ -36,4 +38,8 @@ async def main() -> None:
     print(pgfast.errors.dataclass)  # E: has no attribute "dataclass"
     takes_queryable(adb)  # E: incompatible type "AsyncConnectionPool"
     takes_queryable(psycopg.Connection.connect())  # E: incompatible type "Connection[
+    db.bulk_select("t", [], where_columns=["id"], order="id")  # E: Unexpected keyword argument
+    cluster.bulk_select("t", [], where_columns=["id"], order="id")  # E: Unexpected keyword argument
+    await acluster.bulk_delete("t", [], where_column=["id"])  # E: Unexpected keyword argument
+    await acluster.copy_in("t", [], colums=["id"])  # E: Unexpected keyword argument
     print(count)
