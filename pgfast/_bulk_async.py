@@ -16,19 +16,17 @@ from __future__ import annotations
 from collections.abc import (
     AsyncIterable,
     AsyncIterator,
-    Awaitable,
-    Callable,
     Iterable,
     Mapping,
     Sequence,
 )
-from contextlib import AbstractAsyncContextManager
 from itertools import islice
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
 from . import _bulk_plan
+from ._abc_async import _AsyncHost, _AsyncSession
 from ._impl import flatten
 from ._sql import SQLQuery
 
@@ -42,34 +40,6 @@ Types = Mapping[str, str]
 # Rows taken from copy_in's iterable at a time: memory stays bounded by this,
 # and larger chunks gain nothing (psycopg buffers the COPY stream itself).
 COPY_CHUNK_ROWS = 1000
-
-
-class _Cache(Protocol):
-    _column_types_cache: dict[Any, Any]
-
-
-class _AsyncSession(Protocol):
-    """What the executor needs of a transaction (pgfast's ``AsyncTransaction``)."""
-
-    @property
-    def _pool_ref(self) -> _Cache: ...
-
-    async def query(self, q: SQLQuery) -> Any: ...
-
-    async def execute(self, q: SQLQuery) -> int: ...
-
-    def _raw_connection(self) -> AbstractAsyncContextManager[psycopg.AsyncConnection[Any]]: ...
-
-
-class _AsyncHost(Protocol):
-    """What the executor needs of a pool, connection, transaction or cluster."""
-
-    @property
-    def _pool_ref(self) -> _Cache: ...
-
-    async def query(self, q: SQLQuery) -> Any: ...
-
-    async def tx(self, fn: Callable[[Any], Awaitable[T]]) -> T: ...
 
 
 async def _table_info(

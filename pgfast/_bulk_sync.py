@@ -16,19 +16,18 @@ and again when the cached entry may be stale (see ``_run_write``).
 from __future__ import annotations
 
 from collections.abc import (
-    Callable,
     Iterable,
     Iterator,
     Mapping,
     Sequence,
 )
-from contextlib import AbstractContextManager
 from itertools import islice
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
 from . import _bulk_plan
+from ._abc_sync import _Host, _Session
 from ._impl import flatten
 from ._sql import SQLQuery
 
@@ -42,34 +41,6 @@ Types = Mapping[str, str]
 # Rows taken from copy_in's iterable at a time: memory stays bounded by this,
 # and larger chunks gain nothing (psycopg buffers the COPY stream itself).
 COPY_CHUNK_ROWS = 1000
-
-
-class _Cache(Protocol):
-    _column_types_cache: dict[Any, Any]
-
-
-class _Session(Protocol):
-    """What the executor needs of a transaction (pgfast's ``Transaction``)."""
-
-    @property
-    def _pool_ref(self) -> _Cache: ...
-
-    def query(self, q: SQLQuery) -> Any: ...
-
-    def execute(self, q: SQLQuery) -> int: ...
-
-    def _raw_connection(self) -> AbstractContextManager[psycopg.Connection[Any]]: ...
-
-
-class _Host(Protocol):
-    """What the executor needs of a pool, connection, transaction or cluster."""
-
-    @property
-    def _pool_ref(self) -> _Cache: ...
-
-    def query(self, q: SQLQuery) -> Any: ...
-
-    def tx(self, fn: Callable[[Any], T]) -> T: ...
 
 
 def _table_info(

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import threading
 import time
 from collections.abc import (
@@ -763,7 +762,7 @@ class AsyncCluster:
         routing takes as "nothing was sent", so reads and writes run elsewhere.
         """
         message = f"{reason}: the wait for a connection was abandoned"
-        await self._pools[j]._pool.fail_waiters(lambda: psycopg.OperationalError(message))
+        await self._pools[j]._fail_waiters(message)
 
     # -- writes --------------------------------------------------------------
 
@@ -977,13 +976,7 @@ class AsyncCluster:
         started = time.monotonic()
         try:
             if conn is None or conn.closed:
-                conn = probes[j] = await psycopg.AsyncConnection.connect(
-                    config.conninfo,
-                    **{
-                        **await pool._connect_kwargs(),
-                        "connect_timeout": math.ceil(self._probe_timeout),
-                    },
-                )
+                conn = probes[j] = await pool._probe_connection(self._probe_timeout)
             query = ROLE_SQL if self._role_only[j] else STATUS_SQL
             conn.pgconn.send_query(query)
             # psycopg's own wait loop, with a deadline (its query methods have none).

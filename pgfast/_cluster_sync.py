@@ -15,7 +15,6 @@ anything was sent (then it may wait for a primary and run there) or after
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
 from collections.abc import (
@@ -749,7 +748,7 @@ class Cluster:
         routing takes as "nothing was sent", so reads and writes run elsewhere.
         """
         message = f"{reason}: the wait for a connection was abandoned"
-        self._pools[j]._pool.fail_waiters(lambda: psycopg.OperationalError(message))
+        self._pools[j]._fail_waiters(message)
 
     # -- writes --------------------------------------------------------------
 
@@ -959,13 +958,7 @@ class Cluster:
         started = time.monotonic()
         try:
             if conn is None or conn.closed:
-                conn = probes[j] = psycopg.Connection.connect(
-                    config.conninfo,
-                    **{
-                        **pool._connect_kwargs(),
-                        "connect_timeout": math.ceil(self._probe_timeout),
-                    },
-                )
+                conn = probes[j] = pool._probe_connection(self._probe_timeout)
             query = ROLE_SQL if self._role_only[j] else STATUS_SQL
             conn.pgconn.send_query(query)
             # psycopg's own wait loop, with a deadline (its query methods have none).

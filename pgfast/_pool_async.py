@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib  # async-only
+import math
 import threading
 import weakref
 from collections import deque  # async-only
@@ -143,6 +144,17 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
         else:
             value = password()
         return dict(config.kwargs_with_password(value), context=ADAPTERS)
+
+    async def _probe_connection(self, timeout: float) -> psycopg.AsyncConnection[Any]:
+        """A connection of its own, outside the pool, for a cluster's health probes:
+        the pool's server and login, waiting at most ``timeout`` seconds to connect."""
+        kwargs = await self._connect_kwargs()
+        kwargs["connect_timeout"] = math.ceil(timeout)
+        return await psycopg.AsyncConnection.connect(self._config.conninfo, **kwargs)
+
+    async def _fail_waiters(self, message: str) -> None:
+        """Fail every caller waiting for a connection with a connection error."""
+        await self._pool.fail_waiters(lambda: psycopg.OperationalError(message))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"size={self._config.options.pool_size}"

@@ -8,6 +8,7 @@ edit that file and regenerate, never this one.
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections.abc import Callable, Iterator
@@ -120,6 +121,17 @@ class ConnectionPool(StatementRunner, _Queryable):
             return dict(config.connect_kwargs, context=ADAPTERS)
         value = password()
         return dict(config.kwargs_with_password(value), context=ADAPTERS)
+
+    def _probe_connection(self, timeout: float) -> psycopg.Connection[Any]:
+        """A connection of its own, outside the pool, for a cluster's health probes:
+        the pool's server and login, waiting at most ``timeout`` seconds to connect."""
+        kwargs = self._connect_kwargs()
+        kwargs["connect_timeout"] = math.ceil(timeout)
+        return psycopg.Connection.connect(self._config.conninfo, **kwargs)
+
+    def _fail_waiters(self, message: str) -> None:
+        """Fail every caller waiting for a connection with a connection error."""
+        self._pool.fail_waiters(lambda: psycopg.OperationalError(message))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"size={self._config.options.pool_size}"
