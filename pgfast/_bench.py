@@ -433,7 +433,21 @@ async def _arate(op: AsyncOp, tasks: int, seconds: float) -> float:
     return sum(totals) / (perf_counter() - start)
 
 
+def settle_malloc() -> None:
+    """Put the C allocator in the state of a long-running process.
+
+    glibc serves a large allocation with mmap until a freed one raises its
+    mmap threshold. asyncpg makes such an allocation per query: in a process
+    that never freed a large block it pays an mmap and a munmap per query and
+    runs about 1.5x slower than in any process that did (a service has,
+    long before its first query). Every library is measured in the latter.
+    """
+    block = bytearray(1 << 20)
+    del block
+
+
 async def _peer_rates(config: PoolConfig, duration: float) -> list[PeerResult]:
+    settle_malloc()
     try:
         import asyncpg  # type: ignore[import-untyped]
     except ImportError:
