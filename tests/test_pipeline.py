@@ -25,7 +25,7 @@ from psycopg.adapt import Transformer
 
 from pgfast._exceptions import CommitUnknownError, QueryTimeoutError
 from pgfast._factories import create_async_pool
-from pgfast._pipeline import TURN_BATCH
+from pgfast._pipeline import TURN_BATCH, _corker
 from pgfast._pool_async import AsyncConnectionPool
 from pgfast._sql import sql
 from pgfast.testing import LocalCluster
@@ -217,6 +217,30 @@ async def test_statements_of_one_loop_turn_share_one_connection(pg_url: str) -> 
         # A full batch, then another connection.
         assert two[:TURN_BATCH] == [two[0]] * TURN_BATCH
         assert two[0] not in two[TURN_BATCH:]
+
+
+@pytest.mark.nodb
+def test_only_tcp_sockets_are_corked() -> None:
+    """A Unix-domain connection has no cork: its lane writes as it goes."""
+    left, right = socket.socketpair(socket.AF_UNIX)
+    try:
+        assert _corker(left.fileno()) is None
+    finally:
+        left.close()
+        right.close()
+    if not hasattr(socket, "TCP_CORK"):
+        return
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    try:
+        corker = _corker(client.fileno())
+        assert corker is not None
+        # A duplicate: closing it leaves the connection open.
+        corker.close()
+        client.sendall(b"x")
+    finally:
+        client.close()
+        listener.close()
 
 
 @pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux's")
