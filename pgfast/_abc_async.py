@@ -9,15 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 
 from ._pool_common import Row, TransactionOptions, Unpack
 from ._sql import SQLQuery
-
-if TYPE_CHECKING:
-    from ._transaction_async import AsyncTransaction
+from ._transaction_async import AsyncTransaction
 
 T = TypeVar("T")
 

@@ -11,15 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator
 from contextlib import AbstractContextManager
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 
 from ._pool_common import Row, TransactionOptions, Unpack
 from ._sql import SQLQuery
-
-if TYPE_CHECKING:
-    from ._transaction_sync import Transaction
+from ._transaction_sync import Transaction
 
 T = TypeVar("T")
 

@@ -440,14 +440,14 @@ def settle_malloc() -> None:
     mmap threshold. asyncpg makes such an allocation per query: in a process
     that never freed a large block it pays an mmap and a munmap per query and
     runs about 1.5x slower than in any process that did (a service has,
-    long before its first query). Every library is measured in the latter.
+    long before its first query). The Python libraries, pgfast included,
+    are measured in the latter (postgres.js runs in a Node process of its own).
     """
     block = bytearray(1 << 20)
     del block
 
 
 async def _peer_rates(config: PoolConfig, duration: float) -> list[PeerResult]:
-    settle_malloc()
     try:
         import asyncpg  # type: ignore[import-untyped]
     except ImportError:
@@ -603,6 +603,7 @@ def bench(url: str, duration: float, placement: str | None = None, peers: bool =
     config = resolve_config(url, POOL_OPTIONS, "bench")
     server, version = connect_probe(config)
     progress(f"benchmarking {server} (PostgreSQL {version}), pgfast {IMPL} vs psycopg")
+    settle_malloc()
     try:
         cases = run_cases(config, duration)
         peer_results = run_peers(config, duration) if peers else []

@@ -152,8 +152,8 @@ class AsyncHealthRunner:
         self.rounds_done = 0
 
     def ensure_started(self) -> None:
-        """Start the loop, unless it runs already (an async cluster's: in the running
-        event loop)."""
+        """Start the loop (a task of the running event loop, or a thread), unless it
+        runs already."""
         if running_async(self._worker):
             return
         with self._lock:

@@ -151,8 +151,8 @@ class HealthRunner:
         self.rounds_done = 0
 
     def ensure_started(self) -> None:
-        """Start the loop, unless it runs already (a sync cluster's: in the running
-        event loop)."""
+        """Start the loop (a task of the running event loop, or a thread), unless it
+        runs already."""
         if running_sync(self._worker):
             return
         with self._lock:

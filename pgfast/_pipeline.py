@@ -40,10 +40,17 @@ if TYPE_CHECKING:
 # The most statements in flight on one connection: past it, callers wait
 # for a slot (in arrival order) rather than queue behind slow statements.
 MAX_DEPTH = 64
-# The most statements written on one lane in one event-loop turn: statements
-# ready together go out together on one connection (one write, one wake-up
-# of one server process), up to this many, before another lane is used.
+# The most statements written on one lane in one event-loop turn: quick
+# statements ready together go out together on one connection (the server
+# process reads them in one wake-up), up to this many, before another lane
+# is used.
 TURN_BATCH = 16
+# A statement text whose recent runs answered within this long (seconds,
+# a moving average) is quick: it may join a batch of quick ones. Any other
+# statement, and a text not seen yet, is never written behind others in its
+# turn while a connection is free, so that it delays nobody.
+QUICK = 0.002
+UNSEEN = float("inf")
 # A drained lane stays in pipeline mode this long (seconds), watched by its
 # reader, for the next statements: the common case of a busy service, where
 # leaving and re-entering would cost more than the statement itself.
@@ -82,6 +89,21 @@ BAD = pq.ConnStatus.BAD
 IDLE = pq.TransactionStatus.IDLE
 
 
+class Route:
+    """What a pool knows of one statement text: whether it may be pipelined,
+    and how long its recent runs took to answer."""
+
+    __slots__ = ("pipelined", "seconds")
+
+    def __init__(self, pipelined: bool) -> None:
+        self.pipelined = pipelined
+        self.seconds = UNSEEN
+
+    @property
+    def quick(self) -> bool:
+        return self.seconds < QUICK
+
+
 def first_word(text: str) -> str:
     """The statement's first keyword, upper-cased ('' for an empty text)."""
     stripped = text.lstrip(" \t\r\n(")
@@ -104,7 +126,10 @@ class Entry:
         "key",
         "name",
         "prep",
+        "quick",
         "result",
+        "route",
+        "sent_at",
         "snapshot",
         "timed_out",
         "timer",
@@ -116,6 +141,11 @@ class Entry:
         self.fetch = fetch
         self.dicts = dicts
         self.abandoned = future is None  # nobody waits (housekeeping, or a cancelled caller)
+        # The statement's text, when its answer time is learned; whether it
+        # was quick when written; when it was written (loop time).
+        self.route: Route | None = None
+        self.quick = True
+        self.sent_at = 0.0
         self.result: Any = None
         self.error: Any = None
         self.prep: Prepare = Prepare.NO
@@ -163,15 +193,15 @@ class Lane:
         self.writing = False
         self.unwatched = False
         self.reads = 0  # statements answered: progress, for the stall check
-        # A cancel request sent for the statement alone on this lane: nothing
-        # more is sent here until it has ended.
-        self.cancel: Deadline | None = None
         # Statement names whose preparation failed here: a later statement
         # sent under that name meets "does not exist" (26000), which then
         # says nothing about a pooler.
         self.failed_prepares: set[bytes] = set()
-        # Statements written in this event-loop turn: the turn's next ones join them.
+        # Statements written in this event-loop turn: the turn's next quick
+        # ones join them, while no statement in flight here is a slow one.
         self.turn_writes = 0
+        self.slow = 0
+        self.last_answer = 0.0  # loop time of the last statement answered here
         pgconn.enter_pipeline_mode()
         loop.add_reader(self.fd, self.readable)
         # libpq (before 17) flushes each Sync: on Linux TCP the lane corks its
@@ -184,10 +214,26 @@ class Lane:
     def depth(self) -> int:
         return len(self.entries)
 
+    def takes_quick(self) -> bool:
+        """Whether a quick statement may join what was written here in this turn: a
+        batch not full, with nothing slow in flight to wait behind."""
+        return (
+            0 < self.turn_writes < TURN_BATCH
+            and not self.slow
+            and len(self.entries) < MAX_DEPTH
+            and self.accepting
+        )
+
     # -- sending -------------------------------------------------------------
 
     def send(
-        self, text: str, params: list[Any], fetch: bool, dicts: bool, prepare: bool | None
+        self,
+        text: str,
+        params: list[Any],
+        fetch: bool,
+        dicts: bool,
+        prepare: bool | None,
+        route: Route | None = None,
     ) -> Entry:
         """Write one statement and its Sync; the caller awaits ``entry.future``.
 
@@ -199,6 +245,10 @@ class Lane:
         pgq = PostgresRawQuery(self.tx)
         pgq.convert(text, params or None)
         entry = Entry(self.loop.create_future(), fetch, dicts)
+        if route is not None:
+            entry.route = route
+            entry.quick = route.seconds < QUICK
+            entry.sent_at = self.loop.time()
         self._write(entry, pgq, prepare)
         return entry
 
@@ -228,6 +278,8 @@ class Lane:
             # A half-written statement leaves the lane unusable.
             self.die(exc)
             raise
+        if not entry.quick:
+            self.slow += 1
         self.entries.append(entry)
         self._flush()
 
@@ -297,6 +349,17 @@ class Lane:
     def _finish(self, entry: Entry) -> None:
         """``entry``'s Sync arrived: its caller gets its rows, count or error."""
         self.reads += 1
+        route = entry.route
+        if route is not None:
+            # Its own time: from when it was written, or from the answer
+            # before it on this lane if that came later (it waited behind).
+            now = self.loop.time()
+            took = now - max(entry.sent_at, self.last_answer)
+            self.last_answer = now
+            seconds = route.seconds
+            route.seconds = took if seconds == UNSEEN else seconds + (took - seconds) / 4
+        if not entry.quick:
+            self.slow -= 1
         manager = self.conn._prepared
         deadline = _settle(entry)
         if deadline is not None:

@@ -1,9 +1,11 @@
-"""The async pool: borrowing connections (held, or shared as pipelined lanes) and their life cycle.
+"""The async pool: borrowing connections and their life cycle.
 
 Statements are run by ``_execute_async``; the query methods come from
 ``_queryable_async``, dedicated connections and transactions from
-``_transaction_async``. ``_pool_sync.py`` is generated from this file by
-``tools/async_to_sync.py``; edit this file and regenerate, never the other.
+``_transaction_async``.
+
+``_pool_sync.py`` is generated from this file by ``tools/async_to_sync.py``;
+edit this file and regenerate, never the other.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from ._exceptions import (
     PoolTimeoutError,
 )
 from ._execute_async import AsyncStatementRunner, _fresh
-from ._pipeline import EXCLUSIVE_WORDS, MAX_DEPTH, TURN_BATCH, Lane, first_word  # async-only
+from ._pipeline import EXCLUSIVE_WORDS, MAX_DEPTH, Lane, Route, first_word  # async-only
 from ._pool_common import (
     ADAPTERS,
     LIVENESS_CHECK_AFTER,
@@ -93,7 +95,7 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
         self._lanes: list[Lane] = []
         self._lanes_opening = 0
         self._slot_waiters: deque[asyncio.Future[None]] = deque()
-        self._routes: dict[str, bool] = {}
+        self._routes: dict[str, Route] = {}
         self._lane_releases: set[asyncio.Task[None]] = set()
         # end async-only
         self._opened = False
@@ -390,17 +392,20 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
         for conn in conns:
             await self._pool.putconn(conn)
 
-    # -- automatic pipelining --------------------------------------------------
     # begin async-only
+    # -- automatic pipelining: connections lent as lanes (see _pipeline) -------
 
     async def _run(self, q: SQLQuery, fetch: bool, dicts: bool | None = None) -> Any:
         text, params = q.format()
-        if self._pipeline and self._pipelinable(text):
-            return await self._pipelined(q, text, params, fetch, dicts)
+        if self._pipeline:
+            route = self._route(text)
+            if route.pipelined:
+                return await self._pipelined(q, text, params, fetch, dicts, route)
         return await self._run_held(q, text, params, fetch, dicts)
 
-    def _pipelinable(self, text: str) -> bool:
-        """Whether ``text`` may share a connection with other callers' statements.
+    def _route(self, text: str) -> Route:
+        """What the pool knows of ``text``: whether it may share a connection with
+        other callers' statements, and how quickly it answers.
 
         Not a statement changing the session or the transaction state (SET,
         BEGIN, LISTEN, COPY, ...), nor several statements (the simple
@@ -410,25 +415,33 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
         route = routes.get(text)
         if route is None:
             word = first_word(text)
-            route = bool(word) and word not in EXCLUSIVE_WORDS and not has_several_statements(text)
+            route = Route(
+                bool(word) and word not in EXCLUSIVE_WORDS and not has_several_statements(text)
+            )
             if len(routes) >= 4096:
                 routes.clear()
             routes[text] = route
         return route
 
     async def _pipelined(
-        self, q: SQLQuery, text: str, params: list[Any], fetch: bool, dicts: bool | None
+        self,
+        q: SQLQuery,
+        text: str,
+        params: list[Any],
+        fetch: bool,
+        dicts: bool | None,
+        route: Route,
     ) -> Any:
         """Run one statement on a lane, behind whatever is in flight there."""
         want_dicts = self._row_dicts if dicts is None else dicts
-        lane = self._free_lane() or await self._lane_slot()
+        lane = self._free_lane(route) or await self._lane_slot(route)
         self._queries += 1
         if self._on_query_start is not None:
             safe_call(self._on_query_start, "on_query_start", q, text, params)
         prepare: bool | None = None
         while True:
             try:
-                entry = lane.send(text, params, fetch, want_dicts, prepare)
+                entry = lane.send(text, params, fetch, want_dicts, prepare, route)
             except BaseException as exc:
                 if not lane.entries and not lane.released:
                     lane.drained()  # a parameter that could not be sent: nothing was
@@ -464,7 +477,7 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
                         self._pooler_found(conn, f"the server answered {exc.sqlstate}")
                     prepare = False
                     await self._claim_release(lane)
-                    lane = self._free_lane() or await self._lane_slot()
+                    lane = self._free_lane(route) or await self._lane_slot(route)
                     continue
                 # Judged before the connection is released (and closed when broken).
                 writes = not is_read_only_text(text)
@@ -492,8 +505,9 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
             conn, lane.pending_release = lane.pending_release, None
             await self._release(conn)
 
-    def _free_lane(self, waited: bool = False) -> Lane | None:
-        """A lane with room now: an idle connection made one, else the least loaded.
+    def _free_lane(self, route: Route, waited: bool = False) -> Lane | None:
+        """A lane with room now: for a quick statement, the batch of quick ones written
+        in this event-loop turn; else an idle connection made one, else the least loaded.
 
         ``None`` when the caller should wait (behind earlier waiters, for
         fairness) or check out a further connection (``_lane_slot``).
@@ -503,10 +517,10 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
         if self._slot_waiters and not waited:
             return None
         lanes = self._lanes
-        for lane in lanes:
-            # Statements ready in the same event-loop turn travel together.
-            if 0 < lane.turn_writes < TURN_BATCH and lane.accepting and self._keeps(lane):
-                return lane
+        if route.quick:
+            for lane in lanes:
+                if lane.takes_quick() and self._keeps(lane):
+                    return lane
         for lane in list(lanes):
             if lane.parked and lane.conn._pgfast_input_waiting():
                 # Whatever came (the server ending the session?) is read first.
@@ -538,7 +552,7 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
         if best.depth and self._can_grow():
             return None  # a connection of its own beats queueing behind others
         if not self._keeps(best):
-            return self._free_lane(waited)  # that one drains and goes; another
+            return self._free_lane(route, waited)  # that one drains and goes; another
         return best
 
     def _keeps(self, lane: Lane) -> bool:
@@ -604,12 +618,12 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
             lane.accepting = False
         return lane
 
-    async def _lane_slot(self) -> Lane:
+    async def _lane_slot(self, route: Route) -> Lane:
         """Wait for room on a lane, or check a connection out to make one."""
         give_up = monotonic() + self._queue_timeout
         waited = False
         while True:
-            lane = self._free_lane(waited)
+            lane = self._free_lane(route, waited)
             if lane is not None:
                 return lane
             # With no lane at all, one caller at a time waits for a connection

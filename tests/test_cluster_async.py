@@ -492,7 +492,7 @@ async def test_post_commit_error_of_a_replica_transaction_carries_its_result(
 
 # -- replica health --------------------------------------------------------------
 
-# Readers at once while a replica stops: threads in the sync twin, tasks here.
+# Readers at once while a replica stops (tasks, or threads).
 READERS = 4
 READERS = 50  # async-only
 
@@ -629,7 +629,7 @@ async def test_read_your_writes_with_replay_paused(
                 await db.execute(sql.unsafe(f"INSERT INTO {table} VALUES (500, 'mine')"))
                 return await db.query(q), db.write_token()
 
-            # Another task (a thread in the sync twin) writes: its reads see its write.
+            # Another worker writes: its reads see its write.
             [(rows, token)] = await each_async(1, write)
             assert rows == [{"note": "mine"}]
             assert rec.counts("/* mine */") == [1, 0, 0]

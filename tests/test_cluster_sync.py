@@ -460,7 +460,7 @@ def test_post_commit_error_of_a_replica_transaction_carries_its_result(
 
 # -- replica health --------------------------------------------------------------
 
-# Readers at once while a replica stops: threads in the sync twin, tasks here.
+# Readers at once while a replica stops (tasks, or threads).
 READERS = 4
 
 
@@ -591,7 +591,7 @@ def test_read_your_writes_with_replay_paused(
                 db.execute(sql.unsafe(f"INSERT INTO {table} VALUES (500, 'mine')"))
                 return db.query(q), db.write_token()
 
-            # Another task (a thread in the sync twin) writes: its reads see its write.
+            # Another worker writes: its reads see its write.
             [(rows, token)] = each_sync(1, write)
             assert rows == [{"note": "mine"}]
             assert rec.counts("/* mine */") == [1, 0, 0]

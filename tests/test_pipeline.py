@@ -205,13 +205,13 @@ async def test_terminated_backend_fails_every_caller_in_flight_and_runs_nothing_
 
 async def test_statements_of_one_loop_turn_share_one_connection(pg_url: str) -> None:
     async with create_async_pool(pg_url, pool_size=4, min_size=4) as db:
-        await db.query(sql("SELECT 1"))
 
         async def pids(n: int) -> list[int]:
             return await asyncio.gather(
                 *(db.query_value(sql("SELECT pg_backend_pid() + {}", 0)) for _ in range(n))
             )
 
+        await pids(1)  # now known to be quick
         assert len(set(await pids(TURN_BATCH))) == 1
         two = await pids(2 * TURN_BATCH)
         # A full batch, then another connection.
@@ -243,6 +243,35 @@ def test_only_tcp_sockets_are_corked() -> None:
         listener.close()
 
 
+async def test_slow_statements_of_one_turn_take_connections_of_their_own(pg_url: str) -> None:
+    """Only quick statements are batched: slow ones run side by side, first seen or not."""
+    slow = sql("SELECT pg_backend_pid() FROM pg_sleep(0.3)")
+    async with create_async_pool(pg_url, pool_size=4, min_size=4) as db:
+        for _ in range(2):  # unknown, then known to be slow
+            started = monotonic()
+            pids = await asyncio.gather(*(db.query_value(slow) for _ in range(4)))
+            assert len(set(pids)) == 4
+            assert monotonic() - started < 1.2  # not one after another (4 x 0.3 s)
+
+
+async def test_query_timeout_spares_quick_statements_of_the_same_turn(
+    pg_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A slow statement that times out is cancelled alone: the quick statements of its
+    turn were not written behind it, and no connection is cut."""
+    async with create_async_pool(pg_url, pool_size=4, min_size=4, query_timeout=1) as db:
+        assert await db.query_value(sql("SELECT {}::int", 0)) == 0  # known to be quick
+        outcomes = await asyncio.gather(
+            db.query_value(sql("SELECT 1 FROM pg_sleep(3)")),
+            *(db.query_value(sql("SELECT {}::int", i)) for i in range(1, 4)),
+            return_exceptions=True,
+        )
+        assert isinstance(outcomes[0], QueryTimeoutError)
+        assert "was cancelled" in str(outcomes[0])
+        assert outcomes[1:] == [1, 2, 3]
+    assert "answered nothing" not in caplog.text
+
+
 @pytest.mark.skipif(not hasattr(socket, "TCP_CORK"), reason="TCP_CORK is Linux's")
 async def test_a_batch_is_corked_until_the_turn_ends(pg_url: str) -> None:
     corked: list[list[int]] = []
@@ -257,7 +286,7 @@ async def test_a_batch_is_corked_until_the_turn_ends(pg_url: str) -> None:
         )
 
     async with create_async_pool(pg_url, pool_size=2, on_query_start=on_start) as db:
-        await db.query(sql("SELECT 1"))  # a parked lane
+        await db.query_value(sql("SELECT {}::int", 0))  # a parked lane; a quick text
         corked.clear()
         assert await asyncio.gather(
             *(db.query_value(sql("SELECT {}::int", i)) for i in range(4))
