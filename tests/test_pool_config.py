@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from psycopg.conninfo import conninfo_to_dict
 
 import pgfast
+import pgfast.abc
 from pgfast._config import (
     KEEPALIVE_DEFAULTS,
     OPTION_NAMES,
@@ -216,8 +217,9 @@ def test_begin_statement() -> None:
 def test_public_signatures_resolve_at_run_time() -> None:
     """Tools reading annotations at run time (``typing.get_type_hints``) see real types."""
     resolved = 0
-    for name in pgfast.__all__:
-        cls = getattr(pgfast, name)
+    public = [getattr(pgfast, name) for name in pgfast.__all__]
+    public += [pgfast.abc.AsyncQueryable, pgfast.abc.Queryable]
+    for cls in public:
         if not inspect.isclass(cls) or not cls.__module__.startswith("pgfast."):
             continue
         for method_name, method in inspect.getmembers(cls, inspect.isfunction):
