@@ -15,13 +15,13 @@ import psycopg
 
 from ._pool_common import Row, TransactionOptions, Unpack
 from ._sql import SQLQuery
-from ._transaction_async import AsyncTransaction
 
 T = TypeVar("T")
 
 
 class AsyncQueryable(Protocol):
-    """What an async pool, connection, transaction and cluster all offer."""
+    """What an async pool, connection, transaction and cluster all offer (a
+    transaction is one too: ``tx`` and ``transaction`` hand out an ``AsyncQueryable``)."""
 
     async def query(self, q: SQLQuery | list[SQLQuery]) -> Any: ...
 
@@ -33,11 +33,11 @@ class AsyncQueryable(Protocol):
 
     def transaction(
         self, **options: Unpack[TransactionOptions]
-    ) -> AbstractAsyncContextManager[AsyncTransaction]: ...
+    ) -> AbstractAsyncContextManager[AsyncQueryable]: ...
 
     async def tx(
         self,
-        fn: Callable[[AsyncTransaction], Awaitable[T]],
+        fn: Callable[[AsyncQueryable], Awaitable[T]],
         *,
         retry_serialization_failures: bool | int = False,
         **options: Unpack[TransactionOptions],

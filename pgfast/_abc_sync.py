@@ -17,13 +17,13 @@ import psycopg
 
 from ._pool_common import Row, TransactionOptions, Unpack
 from ._sql import SQLQuery
-from ._transaction_sync import Transaction
 
 T = TypeVar("T")
 
 
 class Queryable(Protocol):
-    """What a sync pool, connection, transaction and cluster all offer."""
+    """What a sync pool, connection, transaction and cluster all offer (a
+    transaction is one too: ``tx`` and ``transaction`` hand out an ``Queryable``)."""
 
     def query(self, q: SQLQuery | list[SQLQuery]) -> Any: ...
 
@@ -35,11 +35,11 @@ class Queryable(Protocol):
 
     def transaction(
         self, **options: Unpack[TransactionOptions]
-    ) -> AbstractContextManager[Transaction]: ...
+    ) -> AbstractContextManager[Queryable]: ...
 
     def tx(
         self,
-        fn: Callable[[Transaction], T],
+        fn: Callable[[Queryable], T],
         *,
         retry_serialization_failures: bool | int = False,
         **options: Unpack[TransactionOptions],

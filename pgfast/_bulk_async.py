@@ -21,16 +21,14 @@ from collections.abc import (
     Sequence,
 )
 from itertools import islice
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
 from . import _bulk_plan
+from ._abc_async import _AsyncHost, _AsyncSession
 from ._impl import flatten
 from ._sql import SQLQuery
-
-if TYPE_CHECKING:  # (the protocols import the transaction types, which import this)
-    from ._abc_async import _AsyncHost, _AsyncSession
 
 T = TypeVar("T")
 Row = Any

@@ -22,16 +22,14 @@ from collections.abc import (
     Sequence,
 )
 from itertools import islice
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import psycopg
 
 from . import _bulk_plan
+from ._abc_sync import _Host, _Session
 from ._impl import flatten
 from ._sql import SQLQuery
-
-if TYPE_CHECKING:  # (the protocols import the transaction types, which import this)
-    from ._abc_sync import _Host, _Session
 
 T = TypeVar("T")
 Row = Any

@@ -31,3 +31,15 @@ async def async_callers(pool: pgfast.AsyncConnectionPool, cluster: pgfast.AsyncC
         await acount(conn)
     async with pool.transaction() as tx:
         await acount(tx)
+
+
+def generic_sync(db: Queryable) -> int:
+    with db.transaction() as tx:
+        count(tx)
+    return db.tx(count, read_only=True)
+
+
+async def generic_async(db: AsyncQueryable) -> int:
+    async with db.transaction() as tx:
+        await acount(tx)
+    return await db.tx(acount, read_only=True)
