@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from pgfast import _bulk, _bulk_sync
+from pgfast import _bulk_plan, _bulk_sync
 from pgfast._factories import create_pool
 from pgfast._pool_sync import ConnectionPool
 from pgfast._sql import sql
@@ -46,7 +46,7 @@ def raw(pg_url: str) -> Iterator[psycopg.Connection[Any]]:
 def flatten_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """Run pgfast's bulk code with the compiled or the pure ``_flatten`` twin."""
     module = twin("_flatten", request.param)
-    monkeypatch.setattr(_bulk, "flatten", module)
+    monkeypatch.setattr(_bulk_plan, "flatten", module)
     monkeypatch.setattr(_bulk_sync, "flatten", module)
     return str(request.param)
 

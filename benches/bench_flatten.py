@@ -104,10 +104,10 @@ def _truncate(conn: psycopg.Connection[Any]) -> tuple[tuple[()], dict[str, Any]]
 
 @pytest.mark.benchmark(group="insert 100k rows (int8, text, float8)")
 def test_insert_bulk_plan(benchmark: Any, table_conn: psycopg.Connection[Any]) -> None:
-    from pgfast import _bulk
+    from pgfast import _bulk_plan
 
     def load() -> None:
-        plan = _bulk.plan_insert("bench_flatten", INSERT_ROWS, column_types=BENCH_TYPES)
+        plan = _bulk_plan.plan_insert("bench_flatten", INSERT_ROWS, column_types=BENCH_TYPES)
         with table_conn.transaction():
             for query in plan.queries():
                 table_conn.execute(*query.format())
