@@ -334,6 +334,7 @@ class AsyncCluster:
                         if failure is Failure.QUERY_ERROR:
                             raise
                         if failure is Failure.RERUN_ON_PRIMARY:
+                            self._route_to("write")
                             break  # only the primary can run it
         else:
             self._route_to("write")
@@ -421,6 +422,7 @@ class AsyncCluster:
                         if failure is Failure.QUERY_ERROR:
                             raise
                         if failure is Failure.RERUN_ON_PRIMARY:
+                            self._route_to("write")
                             break  # refused before the block started: the primary runs it
                         continue
                     self._state.count_query(j)

@@ -585,6 +585,36 @@ async def test_async_cluster_routes(pg_cluster: Any, telemetry: Telemetry) -> No
         assert statement.parent.span_id == transaction.context.span_id
 
 
+def test_reads_a_replica_refuses_are_routed_as_writes(
+    pg_cluster: Any, telemetry: Telemetry
+) -> None:
+    """A query and a stream that turn out to write say so, like a transaction that writes."""
+    with _cluster(pg_cluster) as cluster:
+        cluster.execute(sql("CREATE TABLE IF NOT EXISTS otel_refused (id serial, v int)"))
+        cluster.execute(
+            sql(
+                "CREATE OR REPLACE FUNCTION otel_refused_add(x int) RETURNS int LANGUAGE sql AS "
+                "$$ INSERT INTO otel_refused (v) VALUES (x) RETURNING v $$"
+            )
+        )
+        telemetry.instrument(cluster)
+        pg_cluster.wait_for_replicas()
+        writes = sql("SELECT otel_refused_add({}::int) AS v", 1)
+        assert cluster.query(writes) == [{"v": 1}]
+        assert list(cluster.query_stream(writes)) == [{"v": 1}]
+        with cluster.transaction() as tx:  # not read_only: the primary, as a write
+            tx.query(writes)
+        spans = [s for s in telemetry.spans() if "otel_refused_add" in str(s.attributes)]
+        # The refused attempts on a replica are reads; what the primary ran, writes.
+        refused = [_route(s) for s in spans if s.status.status_code is StatusCode.ERROR]
+        ran = [_route(s) for s in spans if s.status.status_code is not StatusCode.ERROR]
+        assert len(refused) == 2 and all(why == "read" for _, why in refused)
+        assert ran == [("primary", "write")] * 3
+        otel.uninstrument(cluster)
+        cluster.execute(sql("DROP TABLE otel_refused"))
+        cluster.execute(sql("DROP FUNCTION otel_refused_add(int)"))
+
+
 def test_cluster_reads_on_the_primary_say_why(pg_cluster: Any, telemetry: Telemetry) -> None:
     def reads() -> list[tuple[Any, Any]]:
         return [_route(s) for s in telemetry.spans() if "otel_why" in str(s.attributes)]
