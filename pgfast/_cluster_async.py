@@ -764,7 +764,7 @@ class AsyncCluster:
         routing takes as "nothing was sent", so reads and writes run elsewhere.
         """
         message = f"{reason}: the wait for a connection was abandoned"
-        await self._pools[j]._fail_waiters(message)
+        await self._pools[j]._fail_waiters(psycopg.OperationalError(message))
 
     # -- writes --------------------------------------------------------------
 

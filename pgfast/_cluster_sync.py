@@ -750,7 +750,7 @@ class Cluster:
         routing takes as "nothing was sent", so reads and writes run elsewhere.
         """
         message = f"{reason}: the wait for a connection was abandoned"
-        self._pools[j]._fail_waiters(message)
+        self._pools[j]._fail_waiters(psycopg.OperationalError(message))
 
     # -- writes --------------------------------------------------------------
 

@@ -14,7 +14,6 @@ cancelled; see ``Lane.expire``).
 from __future__ import annotations
 
 import asyncio
-import copy
 import socket
 from collections import deque
 from typing import TYPE_CHECKING, Any
@@ -30,6 +29,7 @@ from ._deadline import CONFIRM_WITHIN, Deadline
 from ._deadline import arm as arm_deadline
 from ._deadline import disarm as disarm_deadline
 from ._exceptions import QueryTimeoutError
+from ._execute_async import _fresh
 from ._pool_common import logger
 from ._sever import sever
 
@@ -233,7 +233,7 @@ class Lane:
         fetch: bool,
         dicts: bool,
         prepare: bool | None,
-        route: Route | None = None,
+        route: Route,
     ) -> Entry:
         """Write one statement and its Sync; the caller awaits ``entry.future``.
 
@@ -245,10 +245,9 @@ class Lane:
         pgq = PostgresRawQuery(self.tx)
         pgq.convert(text, params or None)
         entry = Entry(self.loop.create_future(), fetch, dicts)
-        if route is not None:
-            entry.route = route
-            entry.quick = route.seconds < QUICK
-            entry.sent_at = self.loop.time()
+        entry.route = route
+        entry.quick = route.quick
+        entry.sent_at = self.loop.time()
         self._write(entry, pgq, prepare)
         return entry
 
@@ -413,7 +412,7 @@ class Lane:
                 future.set_exception(error)
                 continue
             error = exc if isinstance(exc, psycopg.Error) else psycopg.OperationalError(str(exc))
-            future.set_exception(_copy(error))
+            future.set_exception(_fresh(error))
         if self.pgconn.status != BAD:
             self.pgconn.finish()  # broken: the pool discards it on release
         self.retire()
@@ -574,16 +573,12 @@ def _cork(sock: socket.socket, on: bool) -> bool:
     return True
 
 
-def _ended(entry: Entry) -> None:
-    waiter = entry.waiter
-    if waiter is not None and not waiter.done():
-        waiter.set_result(None)
-
-
 def _settle(entry: Entry) -> Deadline | None:
     """``entry``'s statement has ended (answered, or its link died): wake whoever
     waits for that, stop its timer and its deadline; the deadline, if any."""
-    _ended(entry)
+    waiter = entry.waiter
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
     if entry.timer is not None:
         entry.timer.cancel()
     deadline = entry.deadline
@@ -591,9 +586,3 @@ def _settle(entry: Entry) -> Deadline | None:
         entry.snapshot = deadline.snapshot()
         disarm_deadline(deadline)
     return deadline
-
-
-def _copy(exc: psycopg.Error) -> psycopg.Error:
-    """A copy for one more caller: one exception raised in several tasks
-    would collect all their tracebacks."""
-    return copy.copy(exc).with_traceback(None)

@@ -154,9 +154,9 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
         kwargs["connect_timeout"] = math.ceil(timeout)
         return await psycopg.AsyncConnection.connect(self._config.conninfo, **kwargs)
 
-    async def _fail_waiters(self, message: str) -> None:
-        """Fail every caller waiting for a connection with a connection error."""
-        await self._pool.fail_waiters(lambda: psycopg.OperationalError(message))
+    async def _fail_waiters(self, error: Exception) -> None:
+        """Fail every caller waiting for a connection with (a copy of) ``error``."""
+        await self._pool.fail_waiters(lambda: _fresh(error))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"size={self._config.options.pool_size}"
@@ -175,7 +175,7 @@ class AsyncConnectionPool(AsyncStatementRunner, _AsyncQueryable):
         self._connect_error = exc
         if self._live_connections():
             return
-        await self._pool.fail_waiters(lambda: _fresh(exc))
+        await self._fail_waiters(exc)
 
     def _live_connections(self) -> int:
         """Open connections: busy ones (they come back), hot ones and psycopg_pool's idle ones."""

@@ -133,9 +133,9 @@ class ConnectionPool(StatementRunner, _Queryable):
         kwargs["connect_timeout"] = math.ceil(timeout)
         return psycopg.Connection.connect(self._config.conninfo, **kwargs)
 
-    def _fail_waiters(self, message: str) -> None:
-        """Fail every caller waiting for a connection with a connection error."""
-        self._pool.fail_waiters(lambda: psycopg.OperationalError(message))
+    def _fail_waiters(self, error: Exception) -> None:
+        """Fail every caller waiting for a connection with (a copy of) ``error``."""
+        self._pool.fail_waiters(lambda: _fresh(error))
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"size={self._config.options.pool_size}"
@@ -154,7 +154,7 @@ class ConnectionPool(StatementRunner, _Queryable):
         self._connect_error = exc
         if self._live_connections():
             return
-        self._pool.fail_waiters(lambda: _fresh(exc))
+        self._fail_waiters(exc)
 
     def _live_connections(self) -> int:
         """Open connections: busy ones (they come back), hot ones and psycopg_pool's idle ones."""
